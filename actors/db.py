@@ -1,0 +1,78 @@
+"""SQLite connections and the schema's migrations: the database details the actors share.
+
+One writer connection belongs to the StoreActor (and, before it, to the MigrationActor);
+readers open their own read-only connections. Times are stored as ISO 8601 UTC text with
+microseconds (``2026-11-23T06:19:00.123456Z``), which sorts in time order; the internal
+``available_at`` column holds epoch seconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = ["MIGRATIONS", "STATUSES", "connect_reader", "connect_writer", "utc_now"]
+
+STATUSES = ("queued", "running", "completed", "failed")
+BUSY_TIMEOUT_MS = 5000
+
+#: Versioned migrations, applied in order, each in one transaction. Never edit one that
+#: has been released: add the next version instead.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """
+            CREATE TABLE tasks (
+                seq          INTEGER PRIMARY KEY,
+                id           TEXT    NOT NULL UNIQUE,
+                action       TEXT    NOT NULL,
+                payload      TEXT    NOT NULL,
+                status       TEXT    NOT NULL
+                             CHECK (status IN ('queued', 'running', 'completed', 'failed')),
+                result       TEXT,
+                error        TEXT,
+                attempts     INTEGER NOT NULL DEFAULT 0,
+                created_at   TEXT    NOT NULL,
+                started_at   TEXT,
+                processed_at TEXT,
+                available_at REAL    NOT NULL
+            )
+            """,
+            "CREATE INDEX tasks_by_created ON tasks (created_at, seq)",
+            "CREATE INDEX tasks_by_status_created ON tasks (status, created_at, seq)",
+            "CREATE INDEX tasks_ready ON tasks (available_at, seq) WHERE status = 'queued'",
+        ),
+    ),
+)
+
+
+def utc_now() -> str:
+    """The current time as stored: ISO 8601 UTC with microseconds."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def epoch_now() -> float:
+    return time.time()
+
+
+def connect_writer(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
+    """Open (creating the file and its folder if needed) the one connection that writes."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    return conn
+
+
+def connect_reader(path: str) -> sqlite3.Connection:
+    """Open a read-only connection; it never takes the write lock."""
+    conn = sqlite3.connect(
+        f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.row_factory = sqlite3.Row
+    return conn

@@ -1,0 +1,215 @@
+"""Every message the actors exchange, as small immutable dataclasses.
+
+Task data travels as JSON text (``payload``, ``result``), exactly as it is stored, so a
+message never holds a mutable object that two threads could share. ``reply_to`` fields
+name the actor that gets the answer; ``committed`` fields are the futures a caller at the
+edge of the system (the HTTP resource, start-up, a test) waits on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pykka import ActorRef, Future
+
+__all__ = [
+    "Ack",
+    "CompleteTask",
+    "Drain",
+    "Execute",
+    "FailTask",
+    "FetchReady",
+    "Flush",
+    "InsertTask",
+    "Inspect",
+    "MarkRunning",
+    "Migrate",
+    "Nack",
+    "NewTask",
+    "QueueState",
+    "QueuedTask",
+    "ReadyTasks",
+    "RequeueUnfinished",
+    "RetryTask",
+    "Submit",
+    "TasksStored",
+    "Wake",
+]
+
+
+# --- the task as it moves through the system -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task accepted by the API and not yet stored."""
+
+    id: str  #: uuid4 as text
+    action: str  #: name of the action in the registry
+    payload: str  #: the task's ``data`` object as JSON text
+    created_at: str  #: ISO 8601 UTC time the request arrived
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """A stored task that is ready to run."""
+
+    id: str
+    action: str
+    payload: str
+    attempts: int  #: attempts made so far (0 for a new task)
+
+
+# --- to the QueueActor -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Persist ``task`` and run it; ``committed`` is set once the task is committed."""
+
+    task: NewTask
+    committed: Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class TasksStored:
+    """From the store: these tasks are committed and ready to run."""
+
+    tasks: tuple[QueuedTask, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyTasks:
+    """From the store, answering :class:`FetchReady`."""
+
+    tasks: tuple[QueuedTask, ...]  #: oldest first; fewer than asked means none are left
+    next_due_at: float | None  #: epoch seconds when the next delayed retry becomes ready
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """From a worker: the task succeeded."""
+
+    task_id: str
+    result: str  #: the result object as JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """From a worker: the task failed."""
+
+    task_id: str
+    error: str
+    retryable: bool  #: False when retrying cannot help (the data is unusable)
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """From the queue's own timer: a delayed retry may be ready now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """From shutdown: dispatch nothing more; tasks in flight finish or stay unfinished."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inspect:
+    """From an edge (health, tests), by ask: reply a :class:`QueueState`."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """What the queue holds right now."""
+
+    ready: int  #: tasks in the in-memory window
+    in_flight: int  #: tasks handed to workers and not yet acked or nacked
+    backlog: bool  #: whether ready tasks may be waiting in the store beyond the window
+    draining: bool
+
+
+# --- to a WorkerActor ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Run ``task`` and reply :class:`Ack` or :class:`Nack` to ``reply_to``."""
+
+    task: QueuedTask
+    reply_to: ActorRef[Any]
+
+
+# --- to the StoreActor -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InsertTask:
+    """Store a new task; on commit set ``committed`` and tell ``reply_to`` :class:`TasksStored`."""
+
+    task: NewTask
+    committed: Future[None]
+    reply_to: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRunning:
+    """The task was handed to a worker: status ``running``, one more attempt."""
+
+    task_id: str
+    started_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteTask:
+    """The task succeeded: status ``completed`` with its result."""
+
+    task_id: str
+    result: str
+    processed_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTask:
+    """The task failed and will be retried: status ``queued`` again, ready at ``available_at``."""
+
+    task_id: str
+    error: str
+    available_at: float  #: epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class FailTask:
+    """The task failed for good (the dead letter): status ``failed`` with its last error."""
+
+    task_id: str
+    error: str
+    processed_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueUnfinished:
+    """At start-up: tasks a previous run left ``running`` become ``queued`` again."""
+
+    max_attempts: int  #: a task interrupted this many times is failed instead
+
+
+@dataclass(frozen=True, slots=True)
+class FetchReady:
+    """Reply :class:`ReadyTasks` with up to ``limit`` queued tasks that are ready now."""
+
+    limit: int
+    reply_to: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """The store's note to itself: commit what has been written since the last commit."""
+
+
+# --- to the MigrationActor -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate:
+    """Apply every pending migration, reply the schema version, then stop."""

@@ -1,0 +1,198 @@
+"""QueueActor: has tasks stored, hands them to the workers, and settles their acks and nacks.
+
+Protocol
+    receives  :class:`~actors.messages.Submit`      -> tells the store InsertTask
+              :class:`~actors.messages.TasksStored` (store) -> dispatches them
+              :class:`~actors.messages.ReadyTasks`  (store) -> dispatches them
+              :class:`~actors.messages.Ack`  (worker) -> tells the store CompleteTask
+              :class:`~actors.messages.Nack` (worker) -> tells the store RetryTask or FailTask
+              :class:`~actors.messages.Wake` (its timer) -> looks for retries that are due
+              :class:`~actors.messages.Drain` (shutdown, by ask) -> dispatches nothing more
+              :class:`~actors.messages.Inspect` (edges, by ask)
+    sends     Execute to the workers; MarkRunning, FetchReady, RequeueUnfinished to the store
+    replies   to Drain: the number of tasks still in flight; to Inspect: a QueueState
+
+The store is the source of truth; this actor holds only a bounded window of ready tasks
+(``window``) and at most ``prefetch`` tasks in flight across the workers. New tasks go
+straight into the window while it has room and nothing older waits in the store; otherwise
+they wait in the store (``backlog``) and are fetched, oldest first, when the window is empty.
+On start it re-queues what a previous run left running, then fetches: delivery is
+at-least-once. A nack is retried after an exponential backoff until ``max_attempts``, then
+the task fails with its last error kept (the dead letter).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import pykka
+
+from actors.db import epoch_now, utc_now
+from actors.messages import (
+    Ack,
+    CompleteTask,
+    Drain,
+    Execute,
+    FailTask,
+    FetchReady,
+    InsertTask,
+    Inspect,
+    MarkRunning,
+    Nack,
+    NewTask,
+    QueuedTask,
+    QueueState,
+    ReadyTasks,
+    RequeueUnfinished,
+    RetryTask,
+    Submit,
+    TasksStored,
+    Wake,
+)
+from conf import QueueConfig
+
+__all__ = ["QueueActor", "ShuttingDown"]
+
+logger = logging.getLogger(__name__)
+
+
+class ShuttingDown(Exception):
+    """Raised (through a ``committed`` future) when a task is submitted during shutdown."""
+
+
+class QueueActor(pykka.ThreadingActor):
+    """Receives Submit, stored and ready tasks, acks and nacks; sends Execute and store writes."""
+
+    def __init__(
+        self, store: pykka.ActorRef[Any], workers: Sequence[pykka.ActorRef[Any]], settings: QueueConfig
+    ) -> None:
+        super().__init__()
+        self._store = store
+        self._workers = tuple(workers)
+        self._settings = settings
+        self._ready: deque[QueuedTask] = deque()
+        self._backlog = True  # the store may hold ready tasks that are not in _ready
+        self._fetching = False
+        self._in_flight: dict[str, tuple[int, int]] = {}  # task id -> (worker index, attempt)
+        self._load = [0] * len(self._workers)  # tasks in flight per worker
+        self._draining = False
+        self._wake_timer: threading.Timer | None = None
+        self._wake_at: float | None = None
+
+    def on_start(self) -> None:
+        self._store.tell(RequeueUnfinished(self._settings.max_attempts))
+        self._dispatch()
+
+    def on_stop(self) -> None:
+        self._cancel_wake()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._cancel_wake()
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Submit(task, committed):
+                self._submit(task, committed)
+            case TasksStored(tasks):
+                self._take_stored(tasks)
+            case ReadyTasks(tasks, next_due_at):
+                self._take_ready(tasks, next_due_at)
+            case Ack(task_id, result):
+                self._ack(task_id, result)
+            case Nack(task_id, error, retryable):
+                self._nack(task_id, error, retryable)
+            case Wake():
+                self._wake_timer = self._wake_at = None
+                self._backlog = True
+            case Drain():
+                self._draining = True
+                self._cancel_wake()
+                return len(self._in_flight)
+            case Inspect():
+                return QueueState(len(self._ready), len(self._in_flight), self._backlog, self._draining)
+            case _:
+                raise TypeError(f"unexpected message {message!r}")
+        self._dispatch()
+        return None
+
+    def _submit(self, task: NewTask, committed: pykka.Future[None]) -> None:
+        if self._draining:
+            committed.set_exception((ShuttingDown, ShuttingDown("shutting down"), None))
+        else:
+            self._store.tell(InsertTask(task, committed, self.actor_ref))
+
+    def _take_stored(self, tasks: tuple[QueuedTask, ...]) -> None:
+        if self._backlog:
+            return  # older tasks wait in the store; these will be fetched after them
+        room = self._settings.window - len(self._ready)
+        self._ready.extend(tasks[:room])
+        if len(tasks) > room:
+            self._backlog = True
+
+    def _take_ready(self, tasks: tuple[QueuedTask, ...], next_due_at: float | None) -> None:
+        self._fetching = False
+        self._ready.extend(tasks)
+        self._backlog = len(tasks) == self._settings.window
+        if next_due_at is not None:
+            self._schedule_wake(next_due_at)
+
+    def _settle(self, task_id: str) -> int | None:
+        """Forget a task that came back from its worker; return the attempt it was on."""
+        slot = self._in_flight.pop(task_id, None)
+        if slot is None:
+            logger.warning("task %s: reply for a task that is not in flight, ignored", task_id)
+            return None
+        worker, attempt = slot
+        self._load[worker] -= 1
+        return attempt
+
+    def _ack(self, task_id: str, result: str) -> None:
+        if self._settle(task_id) is not None:
+            self._store.tell(CompleteTask(task_id, result, utc_now()))
+
+    def _nack(self, task_id: str, error: str, retryable: bool) -> None:
+        attempt = self._settle(task_id)
+        if attempt is None:
+            return
+        if retryable and attempt < self._settings.max_attempts:
+            backoff_ms = min(self._settings.retry_backoff_ms * 2 ** (attempt - 1), self._settings.retry_backoff_max_ms)
+            due = epoch_now() + backoff_ms / 1000
+            logger.info("task %s: attempt %d failed, retrying in %d ms: %s", task_id, attempt, backoff_ms, error)
+            self._store.tell(RetryTask(task_id, error, due))
+            self._backlog = True
+            self._schedule_wake(due)
+        else:
+            logger.warning("task %s: failed on attempt %d, not retried: %s", task_id, attempt, error)
+            self._store.tell(FailTask(task_id, error, utc_now()))
+
+    def _dispatch(self) -> None:
+        if self._draining:
+            return
+        while self._ready and len(self._in_flight) < self._settings.prefetch:
+            task = self._ready.popleft()
+            worker = self._load.index(min(self._load))
+            self._in_flight[task.id] = (worker, task.attempts + 1)
+            self._load[worker] += 1
+            self._store.tell(MarkRunning(task.id, utc_now()))
+            self._workers[worker].tell(Execute(task, self.actor_ref))
+        if not self._ready and self._backlog and not self._fetching:
+            self._fetching = True
+            self._store.tell(FetchReady(self._settings.window, self.actor_ref))
+
+    def _schedule_wake(self, due: float) -> None:
+        if self._wake_at is not None and self._wake_at <= due:
+            return
+        self._cancel_wake()
+        self._wake_at = due
+        self._wake_timer = threading.Timer(max(0.0, due - epoch_now()), self.actor_ref.tell, (Wake(),))
+        self._wake_timer.daemon = True
+        self._wake_timer.start()
+
+    def _cancel_wake(self) -> None:
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+        self._wake_timer = self._wake_at = None

@@ -1,0 +1,110 @@
+"""Starting and stopping the actors, and the handle the API uses to reach them.
+
+:func:`start_system` starts the actors in order: the MigrationActor runs and stops, then
+the StoreActor, the WorkerActors and the QueueActor start. :meth:`TaskSystem.stop` stops
+them in reverse: the queue stops dispatching, the workers finish what they hold, the
+queue settles their replies, and the store commits the last writes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from actors.actions import ActionRegistry, registry
+from actors.messages import Drain, Migrate, NewTask, Submit
+from actors.migration import MigrationActor
+from actors.queue import QueueActor, ShuttingDown
+from actors.reader import TaskReader
+from actors.store import StoreActor, StoreError
+from actors.worker import WorkerActor
+from conf import Config
+
+__all__ = ["NotAccepted", "TaskSystem", "start_system"]
+
+logger = logging.getLogger(__name__)
+
+MIGRATION_TIMEOUT_S = 60.0
+
+
+class NotAccepted(Exception):
+    """Raised when a task cannot be committed now; the client should try again later."""
+
+
+@dataclass
+class TaskSystem:
+    """The running actors, as seen from the edges (the API, ``run.py``, tests)."""
+
+    config: Config
+    schema_version: int
+    store: pykka.ActorRef[Any]
+    workers: tuple[pykka.ActorRef[Any], ...]
+    queue: pykka.ActorRef[Any]
+    reader: TaskReader
+    accepting: bool = field(default=True)
+
+    def submit(self, task: NewTask) -> None:
+        """Return once ``task`` is committed; raise :class:`NotAccepted` if it is not."""
+        if not self.accepting:
+            raise NotAccepted("shutting down")
+        committed: pykka.Future[None] = pykka.ThreadingFuture()
+        try:
+            self.queue.tell(Submit(task, committed))
+            committed.get(timeout=self.config.server.submit_timeout_ms / 1000)
+        except pykka.ActorDeadError:
+            raise NotAccepted("the queue is not running") from None
+        except pykka.Timeout:
+            raise NotAccepted("the store did not commit in time") from None
+        except (StoreError, ShuttingDown) as e:
+            raise NotAccepted(str(e)) from None
+
+    def problem(self) -> str | None:
+        """Why the system cannot do its work, or None when every actor is alive."""
+        for name, ref in (("store", self.store), ("queue", self.queue)):
+            if not ref.is_alive():
+                return f"the {name} actor is not running"
+        dead = sum(not ref.is_alive() for ref in self.workers)
+        if dead:
+            return f"{dead} of {len(self.workers)} workers are not running"
+        return None
+
+    def stop(self, timeout: float = 8.0) -> None:
+        """Stop accepting, let the workers finish what they hold, flush the store, stop all."""
+        self.accepting = False
+        deadline = time.monotonic() + timeout
+
+        def remaining() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        try:
+            in_flight = self.queue.ask(Drain(), timeout=remaining())
+            logger.info("stopping: %d tasks in flight", in_flight)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
+        for ref in (*self.workers, self.queue, self.store):
+            try:
+                ref.stop(timeout=remaining())
+            except pykka.Timeout:
+                logger.warning("%s did not stop in time; its task stays unfinished and runs after a restart", ref)
+        self.reader.close()
+
+
+def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSystem:
+    """Migrate the database, then start the store, the workers and the queue."""
+    for module in config.workers.imports:
+        importlib.import_module(module)
+    db_path = config.store.path
+    migration = MigrationActor.start(db_path)
+    schema_version = migration.ask(Migrate(), timeout=MIGRATION_TIMEOUT_S)
+    migration.actor_stopped.wait(MIGRATION_TIMEOUT_S)
+
+    store = StoreActor.start(db_path, config.store.synchronous)
+    delay_s = config.workers.work_delay_ms / 1000
+    workers = tuple(WorkerActor.start(actions, delay_s) for _ in range(config.workers.count))
+    queue = QueueActor.start(store, workers, config.queue)
+    return TaskSystem(config, schema_version, store, workers, queue, TaskReader(db_path))

@@ -1,0 +1,31 @@
+"""``create_app``: wires the resources to a running :class:`~actors.TaskSystem`.
+
+Shared by ``run.py`` and the tests; it starts nothing itself.
+"""
+
+from __future__ import annotations
+
+import falcon
+import falcon.media
+import orjson
+
+from actors import TaskSystem
+from api.errors import install_error_handling
+from api.health import Health
+from api.tasks import TaskCollection, TaskItem
+
+__all__ = ["create_app"]
+
+
+def create_app(system: TaskSystem) -> falcon.App:
+    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.req_options.strip_url_path_trailing_slash = True
+    install_error_handling(app)
+
+    app.add_route("/tasks", TaskCollection(system))
+    app.add_route("/tasks/{task_id}", TaskItem(system))
+    app.add_route("/health", Health(system))
+    return app

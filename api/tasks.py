@@ -1,0 +1,124 @@
+"""``/tasks`` (submit, list) and ``/tasks/{id}`` (one task)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import Any
+
+import falcon
+import orjson
+
+from actors import NotAccepted, TaskSystem
+from actors.db import STATUSES, utc_now
+from actors.messages import NewTask
+from actors.reader import Cursor
+
+__all__ = ["TaskCollection", "TaskItem"]
+
+MAX_ACTION_LENGTH = 200
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+RETRY_AFTER_S = 1
+
+
+class TaskCollection:
+    """``POST /tasks`` accepts a task once it is committed; ``GET /tasks`` lists them."""
+
+    def __init__(self, system: TaskSystem) -> None:
+        self._system = system
+        self._max_body_bytes = system.config.server.max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        task = parse_submission(self._read_json(req))
+        try:
+            self._system.submit(task)
+        except NotAccepted as e:
+            raise falcon.HTTPServiceUnavailable(description=str(e), retry_after=RETRY_AFTER_S) from None
+        resp.status = falcon.HTTP_202
+        resp.location = f"/tasks/{task.id}"
+        resp.media = {"id": task.id, "status": "queued"}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        status = req.get_param("status")
+        if status is not None and status not in STATUSES:
+            raise falcon.HTTPBadRequest(description=f"status must be one of {', '.join(STATUSES)}")
+        limit = _parse_limit(req.get_param("limit"))
+        after = _decode_cursor(req.get_param("cursor"))
+        tasks, next_cursor = self._system.reader.list(status, limit, after)
+        resp.media = {
+            "tasks": tasks,
+            "count": len(tasks),
+            "next_cursor": None if next_cursor is None else _encode_cursor(next_cursor),
+        }
+
+    def _read_json(self, req: falcon.Request) -> Any:
+        if (req.content_length or 0) > self._max_body_bytes:
+            raise _too_large(self._max_body_bytes)
+        if req.content_type is None or req.content_type.split(";")[0].strip().lower() != falcon.MEDIA_JSON:
+            raise falcon.HTTPUnsupportedMediaType(description="Content-Type must be application/json")
+        body = req.bounded_stream.read(self._max_body_bytes + 1)
+        if len(body) > self._max_body_bytes:
+            raise _too_large(self._max_body_bytes)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise falcon.HTTPBadRequest(description="invalid JSON") from None
+
+
+class TaskItem:
+    """``GET /tasks/{id}``."""
+
+    def __init__(self, system: TaskSystem) -> None:
+        self._system = system
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        task = self._system.reader.get(task_id)
+        if task is None:
+            raise falcon.HTTPNotFound(description="task not found")
+        resp.media = task
+
+
+def parse_submission(document: Any) -> NewTask:
+    """Check a submitted ``{"action", "data"}`` document; raise 400 with the reason if it is wrong."""
+    if not isinstance(document, dict):
+        raise falcon.HTTPBadRequest(description="action required: the body must be a JSON object")
+    action = document.get("action")
+    if not isinstance(action, str) or not action.strip():
+        raise falcon.HTTPBadRequest(description="action required: a non-empty string")
+    if len(action) > MAX_ACTION_LENGTH:
+        raise falcon.HTTPBadRequest(description=f"action must be at most {MAX_ACTION_LENGTH} characters")
+    data = document.get("data", {})
+    if not isinstance(data, dict):
+        raise falcon.HTTPBadRequest(description="data must be a JSON object")
+    return NewTask(str(uuid.uuid4()), action, orjson.dumps(data).decode(), utc_now())
+
+
+def _too_large(limit: int) -> falcon.HTTPError:
+    return falcon.HTTPContentTooLarge(description=f"body larger than {limit} bytes")
+
+
+def _parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    limit = int(raw) if raw.isascii() and raw.isdigit() else 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise falcon.HTTPBadRequest(description=f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return limit
+
+
+def _encode_cursor(cursor: Cursor) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(cursor)).decode().rstrip("=")
+
+
+def _decode_cursor(raw: str | None) -> Cursor | None:
+    if raw is None:
+        return None
+    try:
+        created_at, seq = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if isinstance(created_at, str) and isinstance(seq, int):
+            return created_at, seq
+    except (binascii.Error, ValueError, TypeError):
+        pass
+    raise falcon.HTTPBadRequest(description="cursor is not one this API returned")

@@ -1,0 +1,177 @@
+"""Configuration: defaults in ``conf/default.toml``, overridden by a file, the environment and flags.
+
+The configuration is loaded once (by ``run.py`` or a test) into a frozen :class:`Config`
+and passed down; nothing reads the environment after that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+DEFAULT_FILE = Path(__file__).with_name("default.toml")
+ENV_PREFIX = "TASK_QUEUE_"
+
+
+class ConfigError(ValueError):
+    """Raised when a configuration value is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str
+    port: int
+    threads: int
+    connection_limit: int
+    max_body_bytes: int
+    submit_timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    path: str
+    synchronous: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    prefetch: int
+    window: int
+    max_attempts: int
+    retry_backoff_ms: int
+    retry_backoff_max_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersConfig:
+    count: int
+    work_delay_ms: int
+    imports: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    store: StoreConfig
+    queue: QueueConfig
+    workers: WorkersConfig
+    log: LogConfig
+
+    def __post_init__(self) -> None:
+        checks = {
+            "server.port": 0 <= self.server.port <= 65535,
+            "server.threads": self.server.threads >= 1,
+            "server.connection_limit": self.server.connection_limit >= 1,
+            "server.max_body_bytes": self.server.max_body_bytes >= 1,
+            "server.submit_timeout_ms": self.server.submit_timeout_ms >= 1,
+            "store.synchronous": self.store.synchronous.upper() in ("OFF", "NORMAL", "FULL", "EXTRA"),
+            "queue.prefetch": self.queue.prefetch >= 1,
+            "queue.window": self.queue.window >= 1,
+            "queue.max_attempts": self.queue.max_attempts >= 1,
+            "queue.retry_backoff_ms": self.queue.retry_backoff_ms >= 0,
+            "queue.retry_backoff_max_ms": self.queue.retry_backoff_max_ms >= 0,
+            "workers.count": self.workers.count >= 1,
+            "workers.work_delay_ms": self.workers.work_delay_ms >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid value for {', '.join(bad)}")
+
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """Return a copy with some keys changed: ``config.replace(store={"path": "x.db"})``."""
+        return _build(_merge(dataclasses.asdict(self), sections))
+
+
+def load_config(
+    file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Load the defaults, then ``file``, then ``TASK_QUEUE_*`` variables of ``env``, then ``overrides``."""
+    values = _read_toml(DEFAULT_FILE)
+    if file is not None:
+        values = _merge(values, _read_toml(Path(file)))
+    values = _merge(values, _from_env(values, os.environ if env is None else env))
+    values = _merge(values, overrides or {})
+    return _build(values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read configuration file {path}: {e}") from e
+
+
+def _merge(base: Mapping[str, Any], changes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    merged = {section: dict(keys) for section, keys in base.items()}
+    for section, keys in changes.items():
+        if section not in merged or not isinstance(keys, Mapping):
+            raise ConfigError(f"unknown configuration section {section!r}")
+        for key, value in keys.items():
+            if key not in merged[section]:
+                raise ConfigError(f"unknown configuration key {section}.{key}")
+            merged[section][key] = value
+    return merged
+
+
+def _from_env(values: Mapping[str, Mapping[str, Any]], env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for section, keys in values.items():
+        for key, default in keys.items():
+            raw = env.get(f"{ENV_PREFIX}{section}_{key}".upper())
+            if raw is not None:
+                found.setdefault(section, {})[key] = _parse_env(raw, default, f"{section}.{key}")
+    return found
+
+
+def _parse_env(raw: str, default: Any, name: str) -> Any:
+    if isinstance(default, list):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    return raw
+
+
+_SECTION_TYPES = {
+    "server": ServerConfig,
+    "store": StoreConfig,
+    "queue": QueueConfig,
+    "workers": WorkersConfig,
+    "log": LogConfig,
+}
+
+
+def _build(values: Mapping[str, Mapping[str, Any]]) -> Config:
+    sections = {}
+    for name, section_type in _SECTION_TYPES.items():
+        keys = dict(values.get(name, {}))
+        for field in dataclasses.fields(section_type):
+            if field.name not in keys:
+                raise ConfigError(f"missing configuration key {name}.{field.name}")
+            keys[field.name] = _coerce(keys[field.name], field.type, f"{name}.{field.name}")
+        sections[name] = section_type(**keys)
+    return Config(**sections)
+
+
+def _coerce(value: Any, type_name: Any, name: str) -> Any:
+    expected = {"str": str, "int": int, "tuple[str, ...]": (list, tuple)}[str(type_name)]
+    if isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"{name} has the wrong type: {value!r}")
+    return tuple(value) if isinstance(value, list) else value

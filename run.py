@@ -1,0 +1,140 @@
+"""Start task-queue: ``python run.py [--host H] [--port P] [--db FILE] [--workers N] ...``.
+
+Migrates the database, starts the actors and serves the API with waitress until SIGINT or
+SIGTERM, then stops in order and exits 0. Exits 1 if start-up fails or an actor dies (let
+it crash: a process manager restarts it, and recovery re-queues the unfinished tasks);
+exits 2 on a bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+import waitress
+
+from actors import TaskSystem, start_system
+from api import create_app
+from conf import Config, ConfigError, load_config
+
+logger = logging.getLogger("task_queue")
+
+WATCHDOG_INTERVAL_S = 0.5
+STOP_TIMEOUT_S = 8.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run the task-queue service.")
+    parser.add_argument("--config", help="TOML file overriding conf/default.toml")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one (default 8080)")
+    parser.add_argument("--db", help="SQLite file (default data/tasks.db)")
+    parser.add_argument("--workers", type=int, help="number of worker actors (default 2)")
+    parser.add_argument("--work-delay-ms", type=int, help="simulated work per task (default 100)")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    flags = {
+        "server": {"host": args.host, "port": args.port},
+        "store": {"path": args.db},
+        "workers": {"count": args.workers, "work_delay_ms": args.work_delay_ms},
+    }
+    overrides = {section: {k: v for k, v in keys.items() if v is not None} for section, keys in flags.items()}
+    return load_config(args.config, overrides=overrides)
+
+
+def create_server(config: Config, system: TaskSystem) -> Any:
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N" under load
+    return waitress.create_server(
+        create_app(system),
+        host=config.server.host,
+        port=config.server.port,
+        threads=config.server.threads,
+        connection_limit=config.server.connection_limit,
+        backlog=config.server.connection_limit,
+        max_request_body_size=4 * config.server.max_body_bytes,
+        asyncore_use_poll=True,
+        ident="task-queue",
+    )
+
+
+class Watchdog(threading.Thread):
+    """Stops the process (exit code 1) when an actor has died: it never limps on silently."""
+
+    def __init__(self, system: TaskSystem) -> None:
+        super().__init__(name="watchdog", daemon=True)
+        self._system = system
+        self._done = threading.Event()
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        while not self._done.wait(WATCHDOG_INTERVAL_S):
+            problem = self._system.problem()
+            if problem is not None:
+                self.failure = problem
+                logger.critical("%s; stopping", problem)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def on_stop_signal(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logger.info("received %s, stopping", signal.Signals(signum).name)
+    raise SystemExit(0)  # ends waitress's loop; it lets running requests finish
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = build_config(parse_args(argv))
+    except ConfigError as e:
+        print(f"task-queue: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        system = start_system(config)
+    except Exception as e:  # noqa: BLE001 -- any failure to start is reported in one line, exit 1
+        logger.critical("start-up failed: %s: %s", type(e).__name__, e)
+        return 1
+
+    server = None
+    watchdog = Watchdog(system)
+    try:
+        server = create_server(config, system)
+        signal.signal(signal.SIGTERM, on_stop_signal)
+        signal.signal(signal.SIGINT, on_stop_signal)
+        watchdog.start()
+        logger.info(
+            "task-queue ready on http://%s:%s (db %s, %d workers, schema v%d)",
+            config.server.host,
+            server.effective_port,
+            config.store.path,
+            config.workers.count,
+            system.schema_version,
+        )
+        server.run()
+    except OSError as e:
+        logger.critical("cannot listen on %s:%d: %s", config.server.host, config.server.port, e)
+        watchdog.failure = str(e)
+    finally:
+        if server is not None:
+            server.close()
+        if watchdog.is_alive():
+            watchdog.stop()
+        system.stop(STOP_TIMEOUT_S)
+    logger.info("stopped")
+    return 1 if watchdog.failure else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

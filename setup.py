@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="task-queue",
+    version="0.1.0",
+    description="A durable task queue service: a REST API in front of pykka actors, results in SQLite.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["actors", "actors.*", "api", "api.*", "conf", "conf.*"]),
+    package_data={"conf": ["*.toml"]},
+    py_modules=["run"],
+    install_requires=[
+        "pykka>=4.1,<5",
+        "falcon>=4.0,<5",
+        "waitress>=3.0.1,<4",
+        "orjson>=3.10,<4",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-timeout>=2.3,<3",
+            "ruff>=0.8",
+            "mypy>=1.13",
+        ],
+    },
+    entry_points={"console_scripts": ["task-queue=run:main"]},
+)

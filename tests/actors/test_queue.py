@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import queue as stdlib_queue
+import time
+from typing import Any
+
+import orjson
+import pykka
+import pytest
+
+from actors.actions import registry
+from actors.db import utc_now
+from actors.messages import (
+    Ack,
+    Execute,
+    InsertTask,
+    Inspect,
+    MarkRunning,
+    Migrate,
+    Nack,
+    NewTask,
+    QueueState,
+    Submit,
+)
+from actors.migration import MigrationActor
+from actors.queue import QueueActor
+from actors.store import StoreActor
+from actors.worker import WorkerActor
+from conf import QueueConfig
+from tests.helpers import Recorder, receive, row, start_recorder, wait_until
+
+
+@pytest.fixture
+def store(db_path):
+    MigrationActor.start(db_path).ask(Migrate(), timeout=10)
+    return StoreActor.start(db_path)
+
+
+@pytest.fixture
+def fake_workers():
+    """Two workers played by the test: each Execute lands in one shared inbox."""
+    inbox: stdlib_queue.Queue[Any] = stdlib_queue.Queue()
+    return (Recorder.start(inbox), Recorder.start(inbox)), inbox
+
+
+def settings(**changes: int) -> QueueConfig:
+    values = dict(prefetch=5, window=1000, max_attempts=3, retry_backoff_ms=0, retry_backoff_max_ms=0)
+    return QueueConfig(**(values | changes))
+
+
+def submit(queue: pykka.ActorRef[Any], n: int, action: str = "uppercase") -> str:
+    task = NewTask(f"task-{n:03d}", action, '{"text": "t%d"}' % n, utc_now())
+    committed: pykka.Future[None] = pykka.ThreadingFuture()
+    queue.tell(Submit(task, committed))
+    committed.get(timeout=10)
+    return task.id
+
+
+def state(queue: pykka.ActorRef[Any]) -> QueueState:
+    return queue.ask(Inspect(), timeout=10)
+
+
+def test_a_submitted_task_is_committed_then_dispatched(store, fake_workers, db_path):
+    workers, inbox = fake_workers
+    queue = QueueActor.start(store, workers, settings())
+
+    task_id = submit(queue, 1)
+
+    execute = receive(inbox, Execute)
+    assert execute.task.id == task_id
+    assert execute.reply_to == queue
+    wait_until(lambda: row(db_path, task_id)["status"] == "running", what="status running")
+    assert row(db_path, task_id)["attempts"] == 1
+
+
+def test_at_most_prefetch_tasks_are_in_flight_across_the_workers(store, fake_workers):
+    workers, inbox = fake_workers
+    queue = QueueActor.start(store, workers, settings(prefetch=5))
+
+    ids = [submit(queue, n) for n in range(8)]
+
+    assert state(queue) == QueueState(ready=3, in_flight=5, backlog=False, draining=False)
+    executes = [receive(inbox, Execute) for _ in range(5)]
+    assert [e.task.id for e in executes] == ids[:5]
+    assert inbox.empty()
+
+    queue.tell(Ack(ids[0], "{}"))
+
+    assert receive(inbox, Execute).task.id == ids[5]
+    assert state(queue).in_flight == 5
+
+
+def test_tasks_are_spread_over_the_workers(store):
+    inboxes: list[stdlib_queue.Queue[Any]] = [stdlib_queue.Queue(), stdlib_queue.Queue()]
+    workers = [Recorder.start(inbox) for inbox in inboxes]
+    queue = QueueActor.start(store, workers, settings(prefetch=4))
+
+    for n in range(4):
+        submit(queue, n)
+
+    assert state(queue).in_flight == 4
+    wait_until(lambda: [inbox.qsize() for inbox in inboxes] == [2, 2], what="two tasks for each worker")
+
+
+def test_an_ack_completes_the_task_with_its_result(store, fake_workers, db_path):
+    workers, inbox = fake_workers
+    queue = QueueActor.start(store, workers, settings())
+    task_id = submit(queue, 1)
+    receive(inbox, Execute)
+
+    queue.tell(Ack(task_id, '{"output": "T1"}'))
+
+    done = wait_until(lambda: (r := row(db_path, task_id))["status"] == "completed" and r, what="completion")
+    assert orjson.loads(done["result"]) == {"output": "T1"}
+    assert done["processed_at"] is not None
+    assert state(queue).in_flight == 0
+
+
+def test_a_nack_is_retried_until_max_attempts_then_dead_lettered(store, fake_workers, db_path):
+    workers, inbox = fake_workers
+    queue = QueueActor.start(store, workers, settings(max_attempts=3))
+    task_id = submit(queue, 1)
+
+    for attempt in (1, 2, 3):
+        execute = receive(inbox, Execute)
+        assert (execute.task.id, execute.task.attempts) == (task_id, attempt - 1)
+        queue.tell(Nack(task_id, f"RuntimeError: try {attempt}", retryable=True))
+
+    failed = wait_until(lambda: (r := row(db_path, task_id))["status"] == "failed" and r, what="dead letter")
+    assert (failed["attempts"], failed["error"]) == (3, "RuntimeError: try 3")
+    assert state(queue) == QueueState(ready=0, in_flight=0, backlog=False, draining=False)
+    assert inbox.empty()
+
+
+def test_a_nack_that_cannot_be_retried_fails_at_once(store, fake_workers, db_path):
+    workers, inbox = fake_workers
+    queue = QueueActor.start(store, workers, settings(max_attempts=3))
+    task_id = submit(queue, 1)
+    receive(inbox, Execute)
+
+    queue.tell(Nack(task_id, "sum needs data.numbers", retryable=False))
+
+    failed = wait_until(lambda: (r := row(db_path, task_id))["status"] == "failed" and r, what="failure")
+    assert (failed["attempts"], failed["error"]) == (1, "sum needs data.numbers")
+
+
+def test_a_retry_waits_for_its_backoff(store, fake_workers):
+    workers, inbox = fake_workers
+    queue = QueueActor.start(store, workers, settings(retry_backoff_ms=300, retry_backoff_max_ms=1000))
+    task_id = submit(queue, 1)
+    receive(inbox, Execute)
+
+    nacked_at = time.monotonic()
+    queue.tell(Nack(task_id, "flaky", retryable=True))
+
+    retry = receive(inbox, Execute)
+    assert retry.task.id == task_id
+    assert time.monotonic() - nacked_at >= 0.3
+
+
+def test_tasks_a_previous_run_left_unfinished_are_run_on_start(store, fake_workers, db_path):
+    recorder, _ = start_recorder()
+    for n, status in enumerate(("queued", "running")):
+        task = NewTask(f"old-{status}", "uppercase", "{}", utc_now())
+        committed: pykka.Future[None] = pykka.ThreadingFuture()
+        store.tell(InsertTask(task, committed, recorder))
+        committed.get(timeout=10)
+        if status == "running":
+            store.tell(MarkRunning(task.id, utc_now()))
+    workers, inbox = fake_workers
+
+    QueueActor.start(store, workers, settings())
+
+    executes = sorted((receive(inbox, Execute) for _ in range(2)), key=lambda e: e.task.id)
+    assert [(e.task.id, e.task.attempts) for e in executes] == [("old-queued", 0), ("old-running", 1)]
+
+
+def test_a_backlog_larger_than_the_window_is_paged_from_the_store_in_order(store, db_path):
+    worker = WorkerActor.start(registry)
+    queue = QueueActor.start(store, [worker], settings(prefetch=1, window=3))
+
+    ids = [submit(queue, n) for n in range(20)]
+
+    wait_until(lambda: all(row(db_path, i)["status"] == "completed" for i in ids), what="all completed")
+    finished = sorted(ids, key=lambda i: row(db_path, i)["processed_at"])
+    assert finished == ids
+    assert state(queue).ready == 0

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from actors.actions import ActionRegistry, InvalidTaskData, default_action, registry
+from actors.messages import Ack, Execute, Nack, QueuedTask
+from actors.worker import WorkerActor
+from tests.helpers import receive, start_recorder
+
+
+def run(action: str, data: dict, actions: ActionRegistry = registry) -> Ack | Nack:
+    queue, inbox = start_recorder()
+    worker = WorkerActor.start(actions)
+    worker.tell(Execute(QueuedTask("t1", action, orjson.dumps(data).decode(), attempts=0), queue))
+    reply = inbox.get(timeout=10)
+    assert isinstance(reply, Ack | Nack)
+    assert reply.task_id == "t1"
+    assert worker.is_alive(), "a task's outcome never kills its worker"
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("action", "data", "output"),
+    [
+        ("uppercase", {"text": "hello"}, "HELLO"),
+        ("sum", {"numbers": [1, 2, 3.5]}, 6.5),
+        ("sum", {"numbers": []}, 0),
+        ("send_email", {"to": "a@example.com"}, "processed"),
+    ],
+)
+def test_the_tutorial_actions_ack_with_their_result(action, data, output):
+    reply = run(action, data)
+
+    assert isinstance(reply, Ack)
+    assert orjson.loads(reply.result) == {"output": output}
+
+
+@pytest.mark.parametrize(
+    ("action", "data"),
+    [
+        ("uppercase", {}),
+        ("uppercase", {"text": 5}),
+        ("sum", {"numbers": "1,2"}),
+        ("sum", {"numbers": [1, "2"]}),
+        ("sum", {"numbers": [True]}),
+    ],
+)
+def test_data_an_action_cannot_use_is_a_nack_without_retry(action, data):
+    reply = run(action, data)
+
+    assert isinstance(reply, Nack)
+    assert not reply.retryable
+    assert action in reply.error
+
+
+def test_an_exception_in_an_action_is_a_retryable_nack_not_a_dead_worker():
+    actions = ActionRegistry(default_action)
+
+    @actions.action("explode")
+    def explode(data):
+        raise RuntimeError("boom")
+
+    reply = run("explode", {}, actions)
+
+    assert reply == Nack("t1", "RuntimeError: boom", retryable=True)
+
+
+def test_an_action_that_returns_no_object_fails_the_task():
+    actions = ActionRegistry(default_action)
+
+    @actions.action("answer")
+    def answer(data):
+        return 42
+
+    reply = run("answer", {}, actions)
+
+    assert isinstance(reply, Nack)
+    assert not reply.retryable
+    assert "not an object" in reply.error
+
+
+def test_users_register_actions_with_a_decorator():
+    actions = ActionRegistry(default_action)
+
+    @actions.action("reverse")
+    def reverse(data):
+        if "text" not in data:
+            raise InvalidTaskData("reverse needs data.text")
+        return {"output": data["text"][::-1]}
+
+    assert actions.names() == ["reverse"]
+    assert orjson.loads(run("reverse", {"text": "abc"}, actions).result) == {"output": "cba"}
+
+
+def test_a_worker_runs_the_tasks_it_is_sent_one_after_another():
+    queue, inbox = start_recorder()
+    worker = WorkerActor.start(registry)
+    for n in range(3):
+        worker.tell(Execute(QueuedTask(f"t{n}", "uppercase", '{"text": "x%d"}' % n, 0), queue))
+
+    replies = [receive(inbox, Ack) for _ in range(3)]
+
+    assert [r.task_id for r in replies] == ["t0", "t1", "t2"]
+    assert [orjson.loads(r.result)["output"] for r in replies] == ["X0", "X1", "X2"]
