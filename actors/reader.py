@@ -58,7 +58,8 @@ class TaskReader:
         self, status: str | None = None, limit: int = 100, after: Cursor | None = None
     ) -> tuple[list[dict[str, Any]], Cursor | None]:
         """Newest first; returns the page and the cursor of the next page (None on the last)."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if status is not None:
             where.append("status = ?")
             params.append(status)

@@ -100,7 +100,7 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         importlib.import_module(module)
     db_path = config.store.path
     migration = MigrationActor.start(db_path)
-    schema_version = migration.ask(Migrate(), timeout=MIGRATION_TIMEOUT_S)
+    schema_version: int = migration.ask(Migrate(), block=True, timeout=MIGRATION_TIMEOUT_S)
     migration.actor_stopped.wait(MIGRATION_TIMEOUT_S)
 
     store = StoreActor.start(db_path, config.store.synchronous)

@@ -170,8 +170,11 @@ def _build(values: Mapping[str, Mapping[str, Any]]) -> Config:
     return Config(**sections)
 
 
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "tuple[str, ...]": (list, tuple)}
+
+
 def _coerce(value: Any, type_name: Any, name: str) -> Any:
-    expected = {"str": str, "int": int, "tuple[str, ...]": (list, tuple)}[str(type_name)]
+    expected = _FIELD_TYPES[str(type_name)]
     if isinstance(value, bool) or not isinstance(value, expected):
         raise ConfigError(f"{name} has the wrong type: {value!r}")
     return tuple(value) if isinstance(value, list) else value

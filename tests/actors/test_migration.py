@@ -47,7 +47,8 @@ def test_migrating_twice_is_a_no_op(db_path):
     migrate(db_path)
     conn = sqlite3.connect(db_path)
     conn.execute(
-        "INSERT INTO tasks (id, action, payload, status, created_at, available_at) VALUES ('a', 'x', '{}', 'queued', 't', 0)"
+        "INSERT INTO tasks (id, action, payload, status, created_at, available_at)"
+        " VALUES ('a', 'x', '{}', 'queued', 't', 0)"
     )
     conn.commit()
     conn.close()

@@ -49,7 +49,7 @@ def settings(**changes: int) -> QueueConfig:
 
 
 def submit(queue: pykka.ActorRef[Any], n: int, action: str = "uppercase") -> str:
-    task = NewTask(f"task-{n:03d}", action, '{"text": "t%d"}' % n, utc_now())
+    task = NewTask(f"task-{n:03d}", action, orjson.dumps({"text": f"t{n}"}).decode(), utc_now())
     committed: pykka.Future[None] = pykka.ThreadingFuture()
     queue.tell(Submit(task, committed))
     committed.get(timeout=10)
@@ -160,7 +160,7 @@ def test_a_retry_waits_for_its_backoff(store, fake_workers):
 
 def test_tasks_a_previous_run_left_unfinished_are_run_on_start(store, fake_workers, db_path):
     recorder, _ = start_recorder()
-    for n, status in enumerate(("queued", "running")):
+    for status in ("queued", "running"):
         task = NewTask(f"old-{status}", "uppercase", "{}", utc_now())
         committed: pykka.Future[None] = pykka.ThreadingFuture()
         store.tell(InsertTask(task, committed, recorder))

@@ -33,7 +33,7 @@ def store(db_path):
 
 
 def new_task(n: int) -> NewTask:
-    return NewTask(f"task-{n}", "uppercase", '{"text": "t%d"}' % n, utc_now())
+    return NewTask(f"task-{n}", "uppercase", f'{{"text": "t{n}"}}', utc_now())
 
 
 def insert(store, queue, task: NewTask) -> pykka.Future[None]:

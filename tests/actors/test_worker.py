@@ -97,7 +97,7 @@ def test_a_worker_runs_the_tasks_it_is_sent_one_after_another():
     queue, inbox = start_recorder()
     worker = WorkerActor.start(registry)
     for n in range(3):
-        worker.tell(Execute(QueuedTask(f"t{n}", "uppercase", '{"text": "x%d"}' % n, 0), queue))
+        worker.tell(Execute(QueuedTask(f"t{n}", "uppercase", f'{{"text": "x{n}"}}', 0), queue))
 
     replies = [receive(inbox, Ack) for _ in range(3)]
 

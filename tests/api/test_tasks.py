@@ -1,0 +1,243 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from falcon import testing
+
+from actors import TaskSystem, start_system
+from api import create_app
+from conf import Config
+from tests.helpers import row, wait_until
+
+JSON = {"Content-Type": "application/json"}
+FIELDS = {
+    "id", "action", "data", "status", "result", "error", "attempts", "created_at", "started_at", "processed_at"
+}  # fmt: skip
+
+
+@pytest.fixture
+def system(config: Config) -> Iterator[TaskSystem]:
+    system = start_system(config.replace(server={"max_body_bytes": 4096, "submit_timeout_ms": 1000}))
+    yield system
+    system.stop()
+
+
+@pytest.fixture
+def client(system: TaskSystem) -> testing.TestClient:
+    return testing.TestClient(create_app(system))
+
+
+def post(client: testing.TestClient, body: object) -> testing.Result:
+    return client.simulate_post("/tasks", json=body)
+
+
+def completed(client: testing.TestClient, task_id: str) -> dict:
+    def done() -> dict | None:
+        task = client.simulate_get(f"/tasks/{task_id}").json
+        return task if task["status"] in ("completed", "failed") else None
+
+    return wait_until(done, what=f"task {task_id} to finish")
+
+
+def assert_error(result: testing.Result, status: int, contains: str = "") -> None:
+    assert result.status_code == status, result.text
+    assert result.headers["content-type"].startswith("application/json")
+    assert set(result.json) == {"error"}
+    assert contains in result.json["error"]
+
+
+def test_a_submitted_task_is_committed_before_the_202(client, db_path):
+    result = post(client, {"action": "uppercase", "data": {"text": "hello"}})
+
+    assert result.status_code == 202
+    assert result.json["status"] == "queued"
+    task_id = result.json["id"]
+    assert result.headers["location"] == f"/tasks/{task_id}"
+    assert row(db_path, task_id) is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "output"),
+    [
+        ({"action": "uppercase", "data": {"text": "hello"}}, "HELLO"),
+        ({"action": "sum", "data": {"numbers": [1, 2, 3]}}, 6),
+        ({"action": "resize_image"}, "processed"),
+    ],
+)
+def test_the_tutorial_tasks_complete_with_their_results(client, body, output):
+    task_id = post(client, body).json["id"]
+
+    task = completed(client, task_id)
+
+    assert set(task) == FIELDS
+    assert task["status"] == "completed"
+    assert task["result"] == {"output": output}
+    assert task["data"] == body.get("data", {})
+    assert (task["error"], task["attempts"]) == (None, 1)
+    assert task["created_at"] <= task["started_at"] <= task["processed_at"]
+
+
+def test_a_task_with_unusable_data_fails_with_a_clear_error(client):
+    task_id = post(client, {"action": "sum", "data": {"numbers": "1,2"}}).json["id"]
+
+    task = completed(client, task_id)
+
+    assert (task["status"], task["result"]) == ("failed", None)
+    assert task["error"] == "sum needs data.numbers, a list of numbers"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{", "invalid JSON"),
+        (b"", "invalid JSON"),
+        (b"\xff\xfe", "invalid JSON"),
+        (b'{"action": NaN}', "invalid JSON"),
+        (b"[]", "action required"),
+        (b'"uppercase"', "action required"),
+        (b"{}", "action required"),
+        (b'{"action": ""}', "action required"),
+        (b'{"action": "   "}', "action required"),
+        (b'{"action": 5}', "action required"),
+        (b'{"action": null}', "action required"),
+        (b'{"action": "' + b"a" * 201 + b'"}', "at most 200"),
+        (b'{"action": "sum", "data": [1, 2]}', "data must be a JSON object"),
+        (b'{"action": "sum", "data": "x"}', "data must be a JSON object"),
+        (b'{"action": "sum", "data": null}', "data must be a JSON object"),
+    ],
+)
+def test_a_bad_submission_is_a_400_with_a_json_error(client, system, body, message):
+    result = client.simulate_post("/tasks", body=body, headers=JSON)
+
+    assert_error(result, 400, message)
+    assert system.reader.list()[0] == []
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_that_is_not_declared_json_is_a_415(client, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+
+    result = client.simulate_post("/tasks", body=b'{"action": "sum"}', headers=headers)
+
+    assert_error(result, 415, "application/json")
+
+
+def test_json_with_a_charset_is_accepted(client):
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+
+    assert client.simulate_post("/tasks", body=b'{"action": "x"}', headers=headers).status_code == 202
+
+
+def test_a_body_over_the_limit_is_a_413(client):
+    result = post(client, {"action": "x", "data": {"blob": "a" * 5000}})
+
+    assert_error(result, 413, "4096")
+
+
+def test_a_submit_while_shutting_down_is_a_503_with_retry_after(client, system):
+    system.accepting = False
+
+    result = post(client, {"action": "x"})
+
+    assert_error(result, 503, "shutting down")
+    assert result.headers["retry-after"] == "1"
+
+
+def test_a_submit_the_store_cannot_commit_is_a_503_not_a_202(client, system):
+    system.store.stop(timeout=10)
+
+    result = post(client, {"action": "x"})
+
+    assert_error(result, 503)
+    assert "retry-after" in result.headers
+
+
+def test_the_list_is_newest_first_with_a_count(client):
+    ids = [post(client, {"action": f"a{n}"}).json["id"] for n in range(3)]
+
+    result = client.simulate_get("/tasks")
+
+    assert result.status_code == 200
+    assert [t["id"] for t in result.json["tasks"]] == ids[::-1]
+    assert result.json["count"] == 3
+    assert result.json["next_cursor"] is None
+
+
+def test_the_list_filters_by_status(client):
+    ok = post(client, {"action": "uppercase", "data": {"text": "a"}}).json["id"]
+    bad = post(client, {"action": "sum", "data": {"numbers": None}}).json["id"]
+    completed(client, ok)
+    completed(client, bad)
+
+    done = client.simulate_get("/tasks", params={"status": "completed"}).json
+    failed = client.simulate_get("/tasks", params={"status": "failed"}).json
+    queued = client.simulate_get("/tasks", params={"status": "queued"}).json
+
+    assert [t["id"] for t in done["tasks"]] == [ok]
+    assert [t["id"] for t in failed["tasks"]] == [bad]
+    assert queued == {"tasks": [], "count": 0, "next_cursor": None}
+
+
+def test_the_list_pages_with_a_cursor(client):
+    ids = [post(client, {"action": f"a{n}"}).json["id"] for n in range(5)]
+
+    seen, cursor = [], None
+    while True:
+        params = {"limit": "2"} | ({"cursor": cursor} if cursor else {})
+        page = client.simulate_get("/tasks", params=params).json
+        assert page["count"] == len(page["tasks"]) <= 2
+        seen += [t["id"] for t in page["tasks"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+
+    assert seen == ids[::-1]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"status": "done"}, "status must be one of queued, running, completed, failed"),
+        ({"status": "' OR 1=1 --"}, "status must be one of"),
+        ({"limit": "0"}, "limit must be"),
+        ({"limit": "-1"}, "limit must be"),
+        ({"limit": "1001"}, "limit must be"),
+        ({"limit": str(10**9)}, "limit must be"),
+        ({"limit": "ten"}, "limit must be"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"cursor": "WzFd"}, "cursor"),
+    ],
+)
+def test_bad_list_parameters_are_a_400(client, params, message):
+    assert_error(client.simulate_get("/tasks", params=params), 400, message)
+
+
+def test_the_list_accepts_the_largest_limit(client):
+    assert client.simulate_get("/tasks", params={"limit": "1000"}).status_code == 200
+
+
+def test_an_unknown_task_is_a_404(client):
+    assert_error(client.simulate_get("/tasks/no-such-task"), 404, "task not found")
+
+
+def test_health_is_200_while_every_actor_runs(client, system):
+    result = client.simulate_get("/health")
+
+    assert result.status_code == 200
+    assert result.json == {"status": "ok", "schema_version": system.schema_version, "workers": 2}
+
+
+def test_health_is_503_when_an_actor_is_dead(client, system):
+    system.workers[0].stop(timeout=10)
+
+    result = client.simulate_get("/health")
+
+    assert result.status_code == 503
+    assert result.json == {"status": "unavailable", "error": "1 of 2 workers are not running"}
+
+
+def test_unknown_routes_and_methods_answer_in_json(client):
+    assert_error(client.simulate_get("/nope"), 404, "not found")
+    assert_error(client.simulate_delete("/tasks"), 405, "method not allowed")
+    assert_error(client.simulate_post("/tasks/abc"), 405, "method not allowed")

@@ -1,0 +1,100 @@
+"""End to end: ``python run.py`` as a subprocess, real HTTP, SIGTERM, SIGKILL and restarts."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.service import ROOT, Service
+from tests.helpers import wait_until
+
+TUTORIAL_TASKS = [
+    ({"action": "uppercase", "data": {"text": "hello world"}}, {"output": "HELLO WORLD"}),
+    ({"action": "sum", "data": {"numbers": [1, 2, 3, 4]}}, {"output": 10}),
+    ({"action": "send_email", "data": {"to": "a@example.com"}}, {"output": "processed"}),
+]
+
+
+@pytest.fixture
+def services(tmp_path) -> Iterator[list[Service]]:
+    """Services a test starts; any still running at the end is killed."""
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.kill()
+
+
+def start(services: list[Service], tmp_path, *flags: str) -> Service:
+    service = Service(str(tmp_path / "data" / "tasks.db"), tmp_path / f"run{len(services)}.log", *flags)
+    services.append(service)
+    return service.start()
+
+
+def test_tasks_complete_and_survive_a_restart(services, tmp_path):
+    service = start(services, tmp_path, "--work-delay-ms", "0")
+    assert service.request("GET", "/health") == (200, {"status": "ok", "schema_version": 1, "workers": 2})
+    ids = [service.submit(body) for body, _ in TUTORIAL_TASKS]
+    for task_id, (_, result) in zip(ids, TUTORIAL_TASKS, strict=True):
+        task = service.wait_finished(task_id)
+        assert (task["status"], task["result"]) == ("completed", result)
+
+    assert service.stop() == 0
+    assert "stopped" in service.log()
+
+    again = start(services, tmp_path, "--work-delay-ms", "0")
+    status, listing = again.request("GET", "/tasks?status=completed")
+    assert status == 200
+    assert [t["id"] for t in listing["tasks"]] == ids[::-1]
+    assert [t["result"] for t in listing["tasks"]] == [r for _, r in TUTORIAL_TASKS][::-1]
+    assert again.stop() == 0
+
+
+def test_tasks_left_unfinished_by_a_crash_are_done_after_the_restart(services, tmp_path):
+    slow = start(services, tmp_path, "--work-delay-ms", "2000", "--workers", "1")
+    ids = [slow.submit(body) for body, _ in TUTORIAL_TASKS]
+    wait_until(lambda: slow.request("GET", "/tasks?status=running")[1]["count"] > 0, what="a task to be running")
+
+    slow.stop(signal.SIGKILL)
+
+    fast = start(services, tmp_path, "--work-delay-ms", "0")
+    tasks = [fast.wait_finished(task_id) for task_id in ids]
+    assert [(t["status"], t["result"]) for t in tasks] == [("completed", r) for _, r in TUTORIAL_TASKS]
+    assert max(t["attempts"] for t in tasks) == 2, "the tasks interrupted by the kill ran again"
+    assert fast.stop() == 0
+
+
+def test_sigterm_lets_tasks_in_flight_finish_and_exits_0(services, tmp_path):
+    service = start(services, tmp_path, "--work-delay-ms", "300")
+    ids = [service.submit({"action": "uppercase", "data": {"text": str(n)}}) for n in range(4)]
+    wait_until(lambda: service.request("GET", "/tasks?status=running")[1]["count"] > 0, what="tasks running")
+
+    assert service.stop(timeout=10) == 0
+
+    again = start(services, tmp_path, "--work-delay-ms", "0")
+    assert {again.wait_finished(i)["status"] for i in ids} == {"completed"}
+    assert again.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "message"),
+    [
+        (["--workers", "0"], 2, "invalid value for workers.count"),
+        (["--db", "/dev/null/tasks.db"], 1, "start-up failed"),
+    ],
+)
+def test_a_bad_start_exits_non_zero_with_the_reason(flags, code, message):
+    process = subprocess.run(
+        [sys.executable, "run.py", "--port", "0", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=30,
+    )
+
+    assert process.returncode == code
+    assert message in process.stderr
