@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+
+from conf import ConfigError, load_config
+
+
+def test_the_defaults_come_from_conf_default_toml():
+    config = load_config(env={})
+
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 8080)
+    assert config.store.path == "data/tasks.db"
+    assert (config.workers.count, config.workers.work_delay_ms) == (2, 100)
+    assert (config.queue.prefetch, config.queue.max_attempts) == (5, 3)
+
+
+def test_a_file_then_the_environment_then_overrides_win(tmp_path):
+    file = tmp_path / "my.toml"
+    file.write_text('[server]\nport = 9000\nhost = "0.0.0.0"\n[workers]\ncount = 4\n')
+    env = {"TASK_QUEUE_SERVER_PORT": "9100", "TASK_QUEUE_WORKERS_IMPORTS": "my.tasks, other.tasks"}
+
+    config = load_config(file, env=env, overrides={"workers": {"count": 8}})
+
+    assert (config.server.host, config.server.port) == ("0.0.0.0", 9100)
+    assert config.workers.count == 8
+    assert config.workers.imports == ("my.tasks", "other.tasks")
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "message"),
+    [
+        ({"TASK_QUEUE_SERVER_PORT": "eighty"}, {}, "server.port must be a whole number"),
+        ({}, {"server": {"port": 70000}}, "invalid value for server.port"),
+        ({}, {"workers": {"count": 0}}, "invalid value for workers.count"),
+        ({}, {"workers": {"count": "2"}}, "workers.count has the wrong type"),
+        ({}, {"server": {"colour": "red"}}, "unknown configuration key server.colour"),
+        ({}, {"cache": {"size": 1}}, "unknown configuration section 'cache'"),
+        ({}, {"store": {"synchronous": "SOMETIMES"}}, "invalid value for store.synchronous"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(env, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(env=env, overrides=overrides)
+
+
+def test_a_missing_or_broken_file_is_a_config_error(tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml", env={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(broken, env={})
