@@ -23,6 +23,7 @@ the task fails with its last error kept (the dead letter).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -188,7 +189,7 @@ class QueueActor(pykka.ThreadingActor):
             return
         self._cancel_wake()
         self._wake_at = due
-        self._wake_timer = threading.Timer(max(0.0, due - epoch_now()), self.actor_ref.tell, (Wake(),))
+        self._wake_timer = threading.Timer(max(0.0, due - epoch_now()), _wake, (self.actor_ref,))
         self._wake_timer.daemon = True
         self._wake_timer.start()
 
@@ -196,3 +197,9 @@ class QueueActor(pykka.ThreadingActor):
         if self._wake_timer is not None:
             self._wake_timer.cancel()
         self._wake_timer = self._wake_at = None
+
+
+def _wake(queue: pykka.ActorRef[Any]) -> None:
+    """Run by the wake timer's thread; the queue may have stopped before the timer fired."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        queue.tell(Wake())

@@ -45,6 +45,8 @@ __all__ = ["StoreActor", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
+FETCH_RETRY_S = 1.0
+
 
 class StoreError(Exception):
     """Raised (through a ``committed`` future) when a task could not be committed."""
@@ -143,10 +145,10 @@ class StoreActor(pykka.ThreadingActor):
     def _commit(self) -> None:
         if not self._in_transaction:
             return
+        self.conn.execute("COMMIT")  # if this fails, _abort refuses the inserts
         inserted, self._inserted = self._inserted, []
         self._writes_in_transaction = 0
         self._in_transaction = False
-        self.conn.execute("COMMIT")
         # The queue hears of the tasks before their submitters do, so once a 202 is out the
         # queue already holds the news of that task.
         stored_by_queue: defaultdict[pykka.ActorRef[Any], list[QueuedTask]] = defaultdict(list)
@@ -175,6 +177,8 @@ class StoreActor(pykka.ThreadingActor):
         )
         for insert in inserted:
             insert.committed.set_exception((StoreError, StoreError(str(error)), None))
+        if isinstance(message, FetchReady):  # nothing fetched: the queue asks again in a second
+            message.reply_to.tell(ReadyTasks((), next_due_at=epoch_now() + FETCH_RETRY_S))
 
     def _requeue_unfinished(self, max_attempts: int) -> None:
         failed = self._write(

@@ -40,7 +40,11 @@ class WorkerActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         match message:
             case Execute(task, reply_to):
-                reply_to.tell(self._run(task.id, task.action, task.payload))
+                reply = self._run(task.id, task.action, task.payload)
+                try:
+                    reply_to.tell(reply)
+                except pykka.ActorDeadError:  # shutting down: the task stays running and runs again
+                    logger.warning("task %s: finished after the queue stopped; it will run again", task.id)
             case _:
                 raise TypeError(f"unexpected message {message!r}")
 

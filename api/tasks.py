@@ -92,7 +92,11 @@ def parse_submission(document: Any) -> NewTask:
     data = document.get("data", {})
     if not isinstance(data, dict):
         raise falcon.HTTPBadRequest(description="data must be a JSON object")
-    return NewTask(str(uuid.uuid4()), action, orjson.dumps(data).decode(), utc_now())
+    try:
+        payload = orjson.dumps(data).decode()
+    except orjson.JSONEncodeError:  # orjson writes at most 254 levels of nesting
+        raise falcon.HTTPBadRequest(description="data is nested too deeply") from None
+    return NewTask(str(uuid.uuid4()), action, payload, utc_now())
 
 
 def _too_large(limit: int) -> falcon.HTTPError:

@@ -105,6 +105,8 @@ def test_a_task_with_unusable_data_fails_with_a_clear_error(client):
         (b'{"action": "sum", "data": [1, 2]}', "data must be a JSON object"),
         (b'{"action": "sum", "data": "x"}', "data must be a JSON object"),
         (b'{"action": "sum", "data": null}', "data must be a JSON object"),
+        (b'{"action": "x", "data": ' + b'{"a": ' * 300 + b"1" + b"}" * 301, "nested too deeply"),
+        (b"[" * 2000 + b"]" * 2000, "invalid JSON"),
     ],
 )
 def test_a_bad_submission_is_a_400_with_a_json_error(client, system, body, message):
@@ -162,6 +164,19 @@ def test_the_list_is_newest_first_with_a_count(client):
     assert [t["id"] for t in result.json["tasks"]] == ids[::-1]
     assert result.json["count"] == 3
     assert result.json["next_cursor"] is None
+
+
+def test_the_list_holds_100_tasks_unless_asked_for_more(client):
+    for n in range(101):
+        post(client, {"action": f"a{n}"})
+
+    default = client.simulate_get("/tasks").json
+    larger = client.simulate_get("/tasks", params={"limit": "500"}).json
+
+    assert default["count"] == 100
+    assert default["next_cursor"] is not None
+    assert larger["count"] == 101
+    assert larger["next_cursor"] is None
 
 
 def test_the_list_filters_by_status(client):
