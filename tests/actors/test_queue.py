@@ -16,24 +16,15 @@ from actors.messages import (
     InsertTask,
     Inspect,
     MarkRunning,
-    Migrate,
     Nack,
     NewTask,
     QueueState,
     Submit,
 )
-from actors.migration import MigrationActor
 from actors.queue import QueueActor
-from actors.store import StoreActor
 from actors.worker import WorkerActor
 from conf import QueueConfig
 from tests.helpers import Recorder, receive, row, start_recorder, wait_until
-
-
-@pytest.fixture
-def store(db_path):
-    MigrationActor.start(db_path).ask(Migrate(), timeout=10)
-    return StoreActor.start(db_path)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from actors.messages import (
     FetchReady,
     InsertTask,
     MarkRunning,
-    Migrate,
     NewTask,
     QueuedTask,
     ReadyTasks,
@@ -21,15 +20,7 @@ from actors.messages import (
     RetryTask,
     TasksStored,
 )
-from actors.migration import MigrationActor
-from actors.store import StoreActor
 from tests.helpers import receive, row, start_recorder, wait_until
-
-
-@pytest.fixture
-def store(db_path):
-    MigrationActor.start(db_path).ask(Migrate(), timeout=10)
-    return StoreActor.start(db_path)
 
 
 def new_task(n: int) -> NewTask:
