@@ -58,13 +58,21 @@ def epoch_now() -> float:
     return time.time()
 
 
-def connect_writer(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
-    """Open (creating the file and its folder if needed) the one connection that writes."""
+def connect_writer(
+    path: str, synchronous: str = "FULL", busy_timeout_ms: int = BUSY_TIMEOUT_MS, max_pages: int = 0
+) -> sqlite3.Connection:
+    """Open (creating the file and its folder if needed) the one connection that writes.
+
+    ``max_pages`` (0: no limit) caps the file at that many pages, past which writes fail as
+    if the disk were full.
+    """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    if max_pages:
+        conn.execute(f"PRAGMA max_page_count = {int(max_pages)}")
     return conn
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "ReadyTasks",
     "RequeueUnfinished",
     "RetryTask",
+    "RetryWrites",
     "Submit",
     "TasksStored",
     "Wake",
@@ -205,6 +206,11 @@ class FetchReady:
 @dataclass(frozen=True, slots=True)
 class Flush:
     """The store's note to itself: commit what has been written since the last commit."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryWrites:
+    """The store's timer: write again the status updates a fault rolled back."""
 
 
 # --- to the MigrationActor -------------------------------------------------------------

@@ -23,7 +23,6 @@ the task fails with its last error kept (the dead letter).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections import deque
@@ -54,6 +53,7 @@ from actors.messages import (
     TasksStored,
     Wake,
 )
+from actors.timers import tell_later
 from conf import QueueConfig
 
 __all__ = ["QueueActor", "ShuttingDown"]
@@ -189,17 +189,9 @@ class QueueActor(pykka.ThreadingActor):
             return
         self._cancel_wake()
         self._wake_at = due
-        self._wake_timer = threading.Timer(max(0.0, due - epoch_now()), _wake, (self.actor_ref,))
-        self._wake_timer.daemon = True
-        self._wake_timer.start()
+        self._wake_timer = tell_later(self.actor_ref, Wake(), due - epoch_now())
 
     def _cancel_wake(self) -> None:
         if self._wake_timer is not None:
             self._wake_timer.cancel()
         self._wake_timer = self._wake_at = None
-
-
-def _wake(queue: pykka.ActorRef[Any]) -> None:
-    """Run by the wake timer's thread; the queue may have stopped before the timer fired."""
-    with contextlib.suppress(pykka.ActorDeadError):
-        queue.tell(Wake())

@@ -8,6 +8,7 @@ Protocol
               :class:`~actors.messages.RequeueUnfinished`            -> written, no reply
               :class:`~actors.messages.FetchReady`   -> tells ``reply_to`` ReadyTasks
               :class:`~actors.messages.Flush`        (sent to itself) -> commits
+              :class:`~actors.messages.RetryWrites`  (its timer) -> writes unsaved updates again
     replies   nothing: answers go out as messages or through the ``committed`` futures
 
 Group commit: the first write after a commit opens a transaction and puts a ``Flush`` at
@@ -15,12 +16,19 @@ the end of the inbox. Every write that arrived before that ``Flush`` joins the s
 transaction, so under load one commit (one fsync) serves many writes, and when idle a
 single write is committed at once. Reads that feed the queue commit first, so the queue
 never sees a task that is not committed.
+
+Faults (the database busy, read-only or full): the transaction is rolled back. Its inserts
+are refused through their futures (the client gets 503, never a 202 for a task that is not
+committed). Its status updates are kept, in order, and written again first thing in the
+next transaction; if nothing else comes, a timer retries them every ``RETRY_S``. So the
+store recovers by itself once the fault clears.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections import defaultdict
 from typing import Any
 
@@ -38,14 +46,17 @@ from actors.messages import (
     ReadyTasks,
     RequeueUnfinished,
     RetryTask,
+    RetryWrites,
     TasksStored,
 )
+from actors.timers import tell_later
 
 __all__ = ["StoreActor", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
-FETCH_RETRY_S = 1.0
+RETRY_S = 0.5  # how soon unsaved updates, and a fetch that failed, are tried again
+Update = tuple[str, tuple[Any, ...]]  # a status update as SQL and parameters
 
 
 class StoreError(Exception):
@@ -55,14 +66,20 @@ class StoreError(Exception):
 class StoreActor(pykka.ThreadingActor):
     """Receives task writes and FetchReady; commits in groups; replies by message."""
 
-    def __init__(self, db_path: str, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, db_path: str, synchronous: str = "FULL", busy_timeout_ms: int = 2000, max_pages: int = 0
+    ) -> None:
         super().__init__()
         self._db_path = db_path
         self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._max_pages = max_pages
         self._conn: sqlite3.Connection | None = None
         self._in_transaction = False
-        self._inserted: list[InsertTask] = []  # inserts waiting for the next commit
-        self._writes_in_transaction = 0
+        self._inserted: list[InsertTask] = []  # inserts in the open transaction
+        self._updates: list[Update] = []  # status updates in the open transaction
+        self._unsaved: list[Update] = []  # status updates rolled back by a fault, to write again
+        self._retry_timer: threading.Timer | None = None
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -70,10 +87,17 @@ class StoreActor(pykka.ThreadingActor):
         return self._conn
 
     def on_start(self) -> None:
-        self._conn = connect_writer(self._db_path, self._synchronous)
+        self._conn = connect_writer(self._db_path, self._synchronous, self._busy_timeout_ms, self._max_pages)
 
     def on_stop(self) -> None:
-        self._commit()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        try:
+            self._commit()
+        except sqlite3.OperationalError as e:
+            self._abort(e, Flush())
+        if self._unsaved:
+            logger.error("stopping with %d status updates unsaved; those tasks run again", len(self._unsaved))
         self.conn.close()
 
     def on_failure(self, *exc_info: Any) -> None:
@@ -83,7 +107,7 @@ class StoreActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         try:
             self._handle(message)
-        except sqlite3.OperationalError as e:  # busy, disk full, read-only: the batch is lost
+        except sqlite3.OperationalError as e:  # busy, read-only, disk full, I/O error
             self._abort(e, message)
 
     def _handle(self, message: Any) -> None:
@@ -91,22 +115,22 @@ class StoreActor(pykka.ThreadingActor):
             case InsertTask():
                 self._insert(message)
             case MarkRunning(task_id, started_at):
-                self._write(
+                self._update(
                     "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ? WHERE id = ?",
                     (started_at, task_id),
                 )
             case CompleteTask(task_id, result, processed_at):
-                self._write(
+                self._update(
                     "UPDATE tasks SET status = 'completed', result = ?, error = NULL, processed_at = ? WHERE id = ?",
                     (result, processed_at, task_id),
                 )
             case RetryTask(task_id, error, available_at):
-                self._write(
+                self._update(
                     "UPDATE tasks SET status = 'queued', error = ?, available_at = ? WHERE id = ?",
                     (error, available_at, task_id),
                 )
             case FailTask(task_id, error, processed_at):
-                self._write(
+                self._update(
                     "UPDATE tasks SET status = 'failed', error = ?, processed_at = ? WHERE id = ?",
                     (error, processed_at, task_id),
                 )
@@ -117,37 +141,55 @@ class StoreActor(pykka.ThreadingActor):
                 reply_to.tell(self._fetch_ready(limit))
             case Flush():
                 self._commit()
+            case RetryWrites():
+                self._retry_timer = None
+                self._commit()
             case _:
                 raise TypeError(f"unexpected message {message!r}")
 
     def _insert(self, message: InsertTask) -> None:
         task = message.task
         self._inserted.append(message)
+        self._begin()
         try:
-            self._write(
+            self.conn.execute(
                 "INSERT INTO tasks (id, action, payload, status, attempts, created_at, available_at)"
                 " VALUES (?, ?, ?, 'queued', 0, ?, ?)",
                 (task.id, task.action, task.payload, task.created_at, epoch_now()),
             )
-        except sqlite3.IntegrityError as e:
+        except sqlite3.IntegrityError as e:  # only this statement failed; the transaction goes on
             logger.error("task %s not stored: %s", task.id, e)
             self._inserted.remove(message)
-            message.committed.set_exception((StoreError, StoreError(str(e)), None))
+            message.committed.set_exception((StoreError, StoreError("task not stored"), None))
 
-    def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
-        if not self._in_transaction:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self._in_transaction = True
-            self.actor_ref.tell(Flush())
-        self._writes_in_transaction += 1
-        return self.conn.execute(sql, params)
+    def _update(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Write a status update in the open transaction; return the number of rows it changed."""
+        self._updates.append((sql, params))
+        self._begin()
+        return self.conn.execute(sql, params).rowcount
+
+    def _begin(self) -> None:
+        """Open a transaction if none is open, first writing again what a fault rolled back."""
+        if self._in_transaction:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        self.actor_ref.tell(Flush())
+        unsaved, self._unsaved = self._unsaved, []
+        self._updates[:0] = unsaved
+        for sql, params in unsaved:
+            self.conn.execute(sql, params)
+        if unsaved:
+            logger.info("wrote %d status updates again after a fault", len(unsaved))
 
     def _commit(self) -> None:
         if not self._in_transaction:
-            return
-        self.conn.execute("COMMIT")  # if this fails, _abort refuses the inserts
+            if not self._unsaved:
+                return
+            self._begin()
+        self.conn.execute("COMMIT")  # if this fails, _abort refuses the inserts and keeps the updates
         inserted, self._inserted = self._inserted, []
-        self._writes_in_transaction = 0
+        self._updates.clear()
         self._in_transaction = False
         # The queue hears of the tasks before their submitters do, so once a 202 is out the
         # queue already holds the news of that task.
@@ -161,35 +203,37 @@ class StoreActor(pykka.ThreadingActor):
             message.committed.set(None)
 
     def _abort(self, error: sqlite3.Error, message: Any) -> None:
-        """Roll back the open transaction; the tasks it inserted are refused, not lost."""
+        """Roll back: refuse the transaction's inserts, keep its updates to write again later."""
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
-        inserted, self._inserted = self._inserted, []
-        lost_updates = self._writes_in_transaction - len(inserted)
-        self._writes_in_transaction = 0
         self._in_transaction = False
+        inserted, self._inserted = self._inserted, []
+        self._unsaved += self._updates  # oldest first: _begin puts earlier unsaved ones in front
+        self._updates = []
         logger.error(
-            "store write failed (%s) on %s: %d inserts refused, %d updates lost",
-            error,
+            "store write failed on %s: %s; %d new tasks refused, %d status updates kept to write again",
             type(message).__name__,
+            error,
             len(inserted),
-            lost_updates,
+            len(self._unsaved),
         )
         for insert in inserted:
-            insert.committed.set_exception((StoreError, StoreError(str(error)), None))
-        if isinstance(message, FetchReady):  # nothing fetched: the queue asks again in a second
-            message.reply_to.tell(ReadyTasks((), next_due_at=epoch_now() + FETCH_RETRY_S))
+            insert.committed.set_exception((StoreError, StoreError("the store cannot write now"), None))
+        if isinstance(message, FetchReady):  # nothing fetched: the queue asks again soon
+            message.reply_to.tell(ReadyTasks((), next_due_at=epoch_now() + RETRY_S))
+        if self._unsaved and self._retry_timer is None:
+            self._retry_timer = tell_later(self.actor_ref, RetryWrites(), RETRY_S)
 
     def _requeue_unfinished(self, max_attempts: int) -> None:
-        failed = self._write(
+        failed = self._update(
             "UPDATE tasks SET status = 'failed', processed_at = ?,"
             " error = 'interrupted on each of its ' || attempts || ' attempts'"
             " WHERE status = 'running' AND attempts >= ?",
             (utc_now(), max_attempts),
-        ).rowcount
-        requeued = self._write(
+        )
+        requeued = self._update(
             "UPDATE tasks SET status = 'queued', available_at = ? WHERE status = 'running'", (epoch_now(),)
-        ).rowcount
+        )
         self._commit()
         if failed or requeued:
             logger.warning("recovered tasks left running by a previous run: %d re-queued, %d failed", requeued, failed)

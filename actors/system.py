@@ -60,8 +60,10 @@ class TaskSystem:
             raise NotAccepted("the queue is not running") from None
         except pykka.Timeout:
             raise NotAccepted("the store did not commit in time") from None
-        except (StoreError, ShuttingDown) as e:
-            raise NotAccepted(str(e)) from None
+        except StoreError:
+            raise NotAccepted("the store cannot write now; try again") from None
+        except ShuttingDown:
+            raise NotAccepted("shutting down") from None
 
     def problem(self) -> str | None:
         """Why the system cannot do its work, or None when every actor is alive."""
@@ -103,7 +105,7 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
     schema_version: int = migration.ask(Migrate(), block=True, timeout=MIGRATION_TIMEOUT_S)
     migration.actor_stopped.wait(MIGRATION_TIMEOUT_S)
 
-    store = StoreActor.start(db_path, config.store.synchronous)
+    store = StoreActor.start(db_path, config.store.synchronous, config.store.busy_timeout_ms, config.store.max_pages)
     delay_s = config.workers.work_delay_ms / 1000
     workers = tuple(WorkerActor.start(actions, delay_s) for _ in range(config.workers.count))
     queue = QueueActor.start(store, workers, config.queue)

@@ -38,6 +38,8 @@ class ServerConfig:
 class StoreConfig:
     path: str
     synchronous: str
+    busy_timeout_ms: int
+    max_pages: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,8 @@ class Config:
             "server.max_body_bytes": self.server.max_body_bytes >= 1,
             "server.submit_timeout_ms": self.server.submit_timeout_ms >= 1,
             "store.synchronous": self.store.synchronous.upper() in ("OFF", "NORMAL", "FULL", "EXTRA"),
+            "store.busy_timeout_ms": self.store.busy_timeout_ms >= 0,
+            "store.max_pages": self.store.max_pages >= 0,
             "queue.prefetch": self.queue.prefetch >= 1,
             "queue.window": self.queue.window >= 1,
             "queue.max_attempts": self.queue.max_attempts >= 1,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -69,3 +72,42 @@ def count(db_path: str, where: str = "1", params: tuple[Any, ...] = ()) -> int:
         return conn.execute(f"SELECT COUNT(*) FROM tasks WHERE {where}", params).fetchone()[0]
     finally:
         conn.close()
+
+
+LOCK_SCRIPT = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+class WriteLockHolder:
+    """Another process that holds the database's write lock until ``release``."""
+
+    def __init__(self, db_path: str) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", LOCK_SCRIPT, db_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self._process.stdout is not None
+        assert self._process.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        if self._process.poll() is None:
+            assert self._process.stdin is not None
+            self._process.stdin.write("\n")
+            self._process.stdin.close()
+            self._process.wait(10)
+        assert self._process.stdout is not None
+        self._process.stdout.close()
+
+
+def set_immutable(paths: list[str], immutable: bool) -> None:
+    """Make files read-only even to root (``chattr +i``): writes through open handles fail too."""
+    for path in paths:
+        if os.path.exists(path):
+            flag = "+i" if immutable else "-i"
+            done = subprocess.run(["chattr", flag, path], check=False, capture_output=True, text=True)
+            assert done.returncode == 0, f"chattr needs root and a filesystem with attributes: {done.stderr}"
