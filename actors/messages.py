@@ -36,6 +36,7 @@ __all__ = [
     "Submit",
     "TasksStored",
     "Wake",
+    "WorkerFailed",
 ]
 
 
@@ -106,13 +107,21 @@ class Nack:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerFailed:
+    """From a worker that is dying: the queue, its supervisor, starts another."""
+
+    worker: ActorRef[Any]
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class Wake:
     """From the queue's own timer: a delayed retry may be ready now."""
 
 
 @dataclass(frozen=True, slots=True)
 class Drain:
-    """From shutdown: dispatch nothing more; tasks in flight finish or stay unfinished."""
+    """From shutdown, by ask: dispatch nothing more; reply the workers, for shutdown to stop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +137,8 @@ class QueueState:
     in_flight: int  #: tasks handed to workers and not yet acked or nacked
     backlog: bool  #: whether ready tasks may be waiting in the store beyond the window
     draining: bool
+    workers: int  #: workers alive in the pool
+    worker_restarts: int  #: workers replaced since start
 
 
 # --- to a WorkerActor ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""QueueActor: has tasks stored, hands them to the workers, and settles their acks and nacks.
+"""QueueActor: has tasks stored, hands them to the workers, settles their acks and nacks,
+and supervises the workers.
 
 Protocol
     receives  :class:`~actors.messages.Submit`      -> tells the store InsertTask
@@ -6,11 +7,12 @@ Protocol
               :class:`~actors.messages.ReadyTasks`  (store) -> dispatches them
               :class:`~actors.messages.Ack`  (worker) -> tells the store CompleteTask
               :class:`~actors.messages.Nack` (worker) -> tells the store RetryTask or FailTask
+              :class:`~actors.messages.WorkerFailed` (worker) -> starts a new worker
               :class:`~actors.messages.Wake` (its timer) -> looks for retries that are due
               :class:`~actors.messages.Drain` (shutdown, by ask) -> dispatches nothing more
               :class:`~actors.messages.Inspect` (edges, by ask)
     sends     Execute to the workers; MarkRunning, FetchReady, RequeueUnfinished to the store
-    replies   to Drain: the number of tasks still in flight; to Inspect: a QueueState
+    replies   to Drain: the workers, for shutdown to stop; to Inspect: a QueueState
 
 The store is the source of truth; this actor holds only a bounded window of ready tasks
 (``window``) and at most ``prefetch`` tasks in flight across the workers. New tasks go
@@ -19,14 +21,20 @@ they wait in the store (``backlog``) and are fetched, oldest first, when the win
 On start it re-queues what a previous run left running, then fetches: delivery is
 at-least-once. A nack is retried after an exponential backoff until ``max_attempts``, then
 the task fails with its last error kept (the dead letter).
+
+Supervision: the queue starts the workers and keeps the pool at its size. A worker that
+dies is replaced, and the tasks it held are nacked (so retried, or failed once out of
+attempts). More than ``max_restarts`` restarts within ``restart_window_s`` means something
+is wrong beyond one task: the queue gives up and dies, which stops the process (let it crash).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -52,11 +60,12 @@ from actors.messages import (
     Submit,
     TasksStored,
     Wake,
+    WorkerFailed,
 )
 from actors.timers import tell_later
-from conf import QueueConfig
+from conf import QueueConfig, WorkersConfig
 
-__all__ = ["QueueActor", "ShuttingDown"]
+__all__ = ["QueueActor", "ShuttingDown", "StartWorker", "WorkerPoolFailed"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,26 +74,42 @@ class ShuttingDown(Exception):
     """Raised (through a ``committed`` future) when a task is submitted during shutdown."""
 
 
+class WorkerPoolFailed(Exception):
+    """Raised when workers die faster than the restart limit allows."""
+
+
+StartWorker = Callable[[pykka.ActorRef[Any]], pykka.ActorRef[Any]]  # supervisor -> new worker
+
+
 class QueueActor(pykka.ThreadingActor):
     """Receives Submit, stored and ready tasks, acks and nacks; sends Execute and store writes."""
 
     def __init__(
-        self, store: pykka.ActorRef[Any], workers: Sequence[pykka.ActorRef[Any]], settings: QueueConfig
+        self,
+        store: pykka.ActorRef[Any],
+        start_worker: StartWorker,
+        settings: QueueConfig,
+        pool: WorkersConfig,
     ) -> None:
         super().__init__()
         self._store = store
-        self._workers = tuple(workers)
+        self._start_worker = start_worker
         self._settings = settings
+        self._pool = pool
+        self._workers: list[pykka.ActorRef[Any]] = []
+        self._restarts: deque[float] = deque()  # monotonic times of recent restarts
+        self._restart_count = 0
         self._ready: deque[QueuedTask] = deque()
         self._backlog = True  # the store may hold ready tasks that are not in _ready
         self._fetching = False
         self._in_flight: dict[str, tuple[int, int]] = {}  # task id -> (worker index, attempt)
-        self._load = [0] * len(self._workers)  # tasks in flight per worker
+        self._load = [0] * pool.count  # tasks in flight per worker
         self._draining = False
         self._wake_timer: threading.Timer | None = None
         self._wake_at: float | None = None
 
     def on_start(self) -> None:
+        self._workers = [self._start_worker(self.actor_ref) for _ in range(self._pool.count)]
         self._store.tell(RequeueUnfinished(self._settings.max_attempts))
         self._dispatch()
 
@@ -109,12 +134,22 @@ class QueueActor(pykka.ThreadingActor):
             case Wake():
                 self._wake_timer = self._wake_at = None
                 self._backlog = True
+            case WorkerFailed(worker, error):
+                self._replace_worker(worker, error)
             case Drain():
                 self._draining = True
                 self._cancel_wake()
-                return len(self._in_flight)
+                logger.info("draining: %d tasks in flight", len(self._in_flight))
+                return tuple(self._workers)
             case Inspect():
-                return QueueState(len(self._ready), len(self._in_flight), self._backlog, self._draining)
+                return QueueState(
+                    ready=len(self._ready),
+                    in_flight=len(self._in_flight),
+                    backlog=self._backlog,
+                    draining=self._draining,
+                    workers=sum(worker.is_alive() for worker in self._workers),
+                    worker_restarts=self._restart_count,
+                )
             case _:
                 raise TypeError(f"unexpected message {message!r}")
         self._dispatch()
@@ -169,6 +204,38 @@ class QueueActor(pykka.ThreadingActor):
         else:
             logger.warning("task %s: failed on attempt %d, not retried: %s", task_id, attempt, error)
             self._store.tell(FailTask(task_id, error, utc_now()))
+
+    def _replace_worker(self, worker: pykka.ActorRef[Any], error: str) -> None:
+        if worker not in self._workers:
+            return  # already replaced
+        slot = self._workers.index(worker)
+        lost = [task_id for task_id, (held_by, _) in self._in_flight.items() if held_by == slot]
+        if self._draining:
+            logger.error(
+                "worker %d failed while stopping (%s); its %d tasks run after a restart", slot, error, len(lost)
+            )
+            return
+        now = time.monotonic()
+        self._restarts.append(now)
+        while self._restarts[0] < now - self._pool.restart_window_s:
+            self._restarts.popleft()
+        if len(self._restarts) > self._pool.max_restarts:
+            raise WorkerPoolFailed(
+                f"workers failed {len(self._restarts)} times in {self._pool.restart_window_s} s; last: {error}"
+            )
+        self._restart_count += 1
+        self._workers[slot] = self._start_worker(self.actor_ref)
+        logger.error(
+            "worker %d failed (%s); started a new one (restart %d of %d allowed in %d s); %d of its tasks are retried",
+            slot,
+            error,
+            len(self._restarts),
+            self._pool.max_restarts,
+            self._pool.restart_window_s,
+            len(lost),
+        )
+        for task_id in lost:
+            self._nack(task_id, f"the worker running it failed: {error}", retryable=True)
 
     def _dispatch(self) -> None:
         if self._draining:

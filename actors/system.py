@@ -1,13 +1,15 @@
 """Starting and stopping the actors, and the handle the API uses to reach them.
 
 :func:`start_system` starts the actors in order: the MigrationActor runs and stops, then
-the StoreActor, the WorkerActors and the QueueActor start. :meth:`TaskSystem.stop` stops
-them in reverse: the queue stops dispatching, the workers finish what they hold, the
-queue settles their replies, and the store commits the last writes.
+the StoreActor starts, then the QueueActor, which starts the WorkerActors and supervises
+them. :meth:`TaskSystem.stop` stops them in reverse: the queue stops dispatching, the
+workers finish what they hold, the queue settles their replies, and the store commits the
+last writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import time
@@ -17,7 +19,7 @@ from typing import Any
 import pykka
 
 from actors.actions import ActionRegistry, registry
-from actors.messages import Drain, Migrate, NewTask, Submit
+from actors.messages import Drain, Inspect, Migrate, NewTask, QueueState, Submit
 from actors.migration import MigrationActor
 from actors.queue import QueueActor, ShuttingDown
 from actors.reader import TaskReader
@@ -43,7 +45,6 @@ class TaskSystem:
     config: Config
     schema_version: int
     store: pykka.ActorRef[Any]
-    workers: tuple[pykka.ActorRef[Any], ...]
     queue: pykka.ActorRef[Any]
     reader: TaskReader
     accepting: bool = field(default=True)
@@ -66,14 +67,19 @@ class TaskSystem:
             raise NotAccepted("shutting down") from None
 
     def problem(self) -> str | None:
-        """Why the system cannot do its work, or None when every actor is alive."""
+        """Why the system cannot do its work, or None when the store and the queue are alive.
+
+        The queue keeps its workers alive itself, and dies if it cannot.
+        """
         for name, ref in (("store", self.store), ("queue", self.queue)):
             if not ref.is_alive():
                 return f"the {name} actor is not running"
-        dead = sum(not ref.is_alive() for ref in self.workers)
-        if dead:
-            return f"{dead} of {len(self.workers)} workers are not running"
         return None
+
+    def inspect(self, timeout: float = 1.0) -> QueueState:
+        """What the queue holds now; raises pykka.Timeout or ActorDeadError if it does not answer."""
+        state: QueueState = self.queue.ask(Inspect(), block=True, timeout=timeout)
+        return state
 
     def stop(self, timeout: float = 8.0) -> None:
         """Stop accepting, let the workers finish what they hold, flush the store, stop all."""
@@ -83,12 +89,10 @@ class TaskSystem:
         def remaining() -> float:
             return max(0.1, deadline - time.monotonic())
 
-        try:
-            in_flight = self.queue.ask(Drain(), timeout=remaining())
-            logger.info("stopping: %d tasks in flight", in_flight)
-        except (pykka.ActorDeadError, pykka.Timeout):
-            pass
-        for ref in (*self.workers, self.queue, self.store):
+        workers: tuple[pykka.ActorRef[Any], ...] = ()
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            workers = self.queue.ask(Drain(), block=True, timeout=remaining())
+        for ref in (*workers, self.queue, self.store):
             try:
                 ref.stop(timeout=remaining())
             except pykka.Timeout:
@@ -106,7 +110,10 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
     migration.actor_stopped.wait(MIGRATION_TIMEOUT_S)
 
     store = StoreActor.start(db_path, config.store.synchronous, config.store.busy_timeout_ms, config.store.max_pages)
-    delay_s = config.workers.work_delay_ms / 1000
-    workers = tuple(WorkerActor.start(actions, delay_s) for _ in range(config.workers.count))
-    queue = QueueActor.start(store, workers, config.queue)
-    return TaskSystem(config, schema_version, store, workers, queue, TaskReader(db_path))
+
+    def start_worker(supervisor: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+        delay_s = config.workers.work_delay_ms / 1000
+        return WorkerActor.start(actions, delay_s, config.workers.task_timeout_s, supervisor)
+
+    queue = QueueActor.start(store, start_worker, config.queue, config.workers)
+    return TaskSystem(config, schema_version, store, queue, TaskReader(db_path))

@@ -1,8 +1,9 @@
-"""``GET /health``: 200 once the schema is migrated and every actor is alive, else 503."""
+"""``GET /health``: 200 once the schema is migrated, the store is alive and the queue answers."""
 
 from __future__ import annotations
 
 import falcon
+import pykka
 
 from actors import TaskSystem
 
@@ -16,11 +17,19 @@ class Health:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         problem = self._system.problem() or (None if self._system.accepting else "shutting down")
         if problem is None:
-            resp.media = {
-                "status": "ok",
-                "schema_version": self._system.schema_version,
-                "workers": len(self._system.workers),
-            }
-        else:
+            try:
+                queue = self._system.inspect()
+            except (pykka.Timeout, pykka.ActorDeadError):
+                problem = "the queue does not answer"
+        if problem is not None:
             resp.status = falcon.HTTP_503
             resp.media = {"status": "unavailable", "error": problem}
+            return
+        resp.media = {
+            "status": "ok",
+            "schema_version": self._system.schema_version,
+            "workers": queue.workers,
+            "worker_restarts": queue.worker_restarts,
+            "ready": queue.ready,
+            "in_flight": queue.in_flight,
+        }

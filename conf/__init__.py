@@ -55,6 +55,9 @@ class QueueConfig:
 class WorkersConfig:
     count: int
     work_delay_ms: int
+    task_timeout_s: int
+    max_restarts: int
+    restart_window_s: int
     imports: tuple[str, ...]
 
 
@@ -88,6 +91,9 @@ class Config:
             "queue.retry_backoff_max_ms": self.queue.retry_backoff_max_ms >= 0,
             "workers.count": self.workers.count >= 1,
             "workers.work_delay_ms": self.workers.work_delay_ms >= 0,
+            "workers.task_timeout_s": self.workers.task_timeout_s >= 1,
+            "workers.max_restarts": self.workers.max_restarts >= 0,
+            "workers.restart_window_s": self.workers.restart_window_s >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

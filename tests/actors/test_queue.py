@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import queue as stdlib_queue
 import time
 from typing import Any
@@ -21,22 +22,33 @@ from actors.messages import (
     QueueState,
     Submit,
 )
-from actors.queue import QueueActor
+from actors.queue import QueueActor, StartWorker
 from actors.worker import WorkerActor
-from conf import QueueConfig
+from conf import QueueConfig, WorkersConfig, load_config
 from tests.helpers import Recorder, receive, row, start_recorder, wait_until
 
 
 @pytest.fixture
-def fake_workers():
-    """Two workers played by the test: each Execute lands in one shared inbox."""
+def fake_workers() -> tuple[StartWorker, stdlib_queue.Queue[Any]]:
+    """Workers played by the test: every Execute sent to any of them lands in one inbox."""
     inbox: stdlib_queue.Queue[Any] = stdlib_queue.Queue()
-    return (Recorder.start(inbox), Recorder.start(inbox)), inbox
+    return (lambda supervisor: Recorder.start(inbox)), inbox
+
+
+DEFAULTS = load_config(env={})
+
+
+def real_workers(supervisor: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+    return WorkerActor.start(registry, supervisor=supervisor)
 
 
 def settings(**changes: int) -> QueueConfig:
-    values = dict(prefetch=5, window=1000, max_attempts=3, retry_backoff_ms=0, retry_backoff_max_ms=0)
-    return QueueConfig(**(values | changes))
+    """The default queue settings, with no retry backoff unless asked for."""
+    return dataclasses.replace(DEFAULTS.queue, **({"retry_backoff_ms": 0} | changes))
+
+
+def pool(**changes: int) -> WorkersConfig:
+    return dataclasses.replace(DEFAULTS.workers, **changes)
 
 
 def submit(queue: pykka.ActorRef[Any], n: int, action: str = "uppercase") -> str:
@@ -52,8 +64,8 @@ def state(queue: pykka.ActorRef[Any]) -> QueueState:
 
 
 def test_a_submitted_task_is_committed_then_dispatched(store, fake_workers, db_path):
-    workers, inbox = fake_workers
-    queue = QueueActor.start(store, workers, settings())
+    start_worker, inbox = fake_workers
+    queue = QueueActor.start(store, start_worker, settings(), pool())
 
     task_id = submit(queue, 1)
 
@@ -65,12 +77,12 @@ def test_a_submitted_task_is_committed_then_dispatched(store, fake_workers, db_p
 
 
 def test_at_most_prefetch_tasks_are_in_flight_across_the_workers(store, fake_workers):
-    workers, inbox = fake_workers
-    queue = QueueActor.start(store, workers, settings(prefetch=5))
+    start_worker, inbox = fake_workers
+    queue = QueueActor.start(store, start_worker, settings(prefetch=5), pool())
 
     ids = [submit(queue, n) for n in range(8)]
 
-    assert state(queue) == QueueState(ready=3, in_flight=5, backlog=False, draining=False)
+    assert state(queue) == QueueState(ready=3, in_flight=5, backlog=False, draining=False, workers=2, worker_restarts=0)
     executes = [receive(inbox, Execute) for _ in range(5)]
     assert [e.task.id for e in executes] == ids[:5]
     assert inbox.empty()
@@ -82,9 +94,13 @@ def test_at_most_prefetch_tasks_are_in_flight_across_the_workers(store, fake_wor
 
 
 def test_tasks_are_spread_over_the_workers(store):
-    inboxes: list[stdlib_queue.Queue[Any]] = [stdlib_queue.Queue(), stdlib_queue.Queue()]
-    workers = [Recorder.start(inbox) for inbox in inboxes]
-    queue = QueueActor.start(store, workers, settings(prefetch=4))
+    inboxes: list[stdlib_queue.Queue[Any]] = []
+
+    def start_worker(supervisor):
+        inboxes.append(stdlib_queue.Queue())
+        return Recorder.start(inboxes[-1])
+
+    queue = QueueActor.start(store, start_worker, settings(prefetch=4), pool())
 
     for n in range(4):
         submit(queue, n)
@@ -94,8 +110,8 @@ def test_tasks_are_spread_over_the_workers(store):
 
 
 def test_an_ack_completes_the_task_with_its_result(store, fake_workers, db_path):
-    workers, inbox = fake_workers
-    queue = QueueActor.start(store, workers, settings())
+    start_worker, inbox = fake_workers
+    queue = QueueActor.start(store, start_worker, settings(), pool())
     task_id = submit(queue, 1)
     receive(inbox, Execute)
 
@@ -108,8 +124,8 @@ def test_an_ack_completes_the_task_with_its_result(store, fake_workers, db_path)
 
 
 def test_a_nack_is_retried_until_max_attempts_then_dead_lettered(store, fake_workers, db_path):
-    workers, inbox = fake_workers
-    queue = QueueActor.start(store, workers, settings(max_attempts=3))
+    start_worker, inbox = fake_workers
+    queue = QueueActor.start(store, start_worker, settings(max_attempts=3), pool())
     task_id = submit(queue, 1)
 
     for attempt in (1, 2, 3):
@@ -119,13 +135,13 @@ def test_a_nack_is_retried_until_max_attempts_then_dead_lettered(store, fake_wor
 
     failed = wait_until(lambda: (r := row(db_path, task_id))["status"] == "failed" and r, what="dead letter")
     assert (failed["attempts"], failed["error"]) == (3, "RuntimeError: try 3")
-    assert state(queue) == QueueState(ready=0, in_flight=0, backlog=False, draining=False)
+    assert (state(queue).ready, state(queue).in_flight) == (0, 0)
     assert inbox.empty()
 
 
 def test_a_nack_that_cannot_be_retried_fails_at_once(store, fake_workers, db_path):
-    workers, inbox = fake_workers
-    queue = QueueActor.start(store, workers, settings(max_attempts=3))
+    start_worker, inbox = fake_workers
+    queue = QueueActor.start(store, start_worker, settings(max_attempts=3), pool())
     task_id = submit(queue, 1)
     receive(inbox, Execute)
 
@@ -136,8 +152,8 @@ def test_a_nack_that_cannot_be_retried_fails_at_once(store, fake_workers, db_pat
 
 
 def test_a_retry_waits_for_its_backoff(store, fake_workers):
-    workers, inbox = fake_workers
-    queue = QueueActor.start(store, workers, settings(retry_backoff_ms=300, retry_backoff_max_ms=1000))
+    start_worker, inbox = fake_workers
+    queue = QueueActor.start(store, start_worker, settings(retry_backoff_ms=300, retry_backoff_max_ms=1000), pool())
     task_id = submit(queue, 1)
     receive(inbox, Execute)
 
@@ -158,17 +174,16 @@ def test_tasks_a_previous_run_left_unfinished_are_run_on_start(store, fake_worke
         committed.get(timeout=10)
         if status == "running":
             store.tell(MarkRunning(task.id, utc_now()))
-    workers, inbox = fake_workers
+    start_worker, inbox = fake_workers
 
-    QueueActor.start(store, workers, settings())
+    QueueActor.start(store, start_worker, settings(), pool())
 
     executes = sorted((receive(inbox, Execute) for _ in range(2)), key=lambda e: e.task.id)
     assert [(e.task.id, e.task.attempts) for e in executes] == [("old-queued", 0), ("old-running", 1)]
 
 
 def test_a_backlog_larger_than_the_window_is_paged_from_the_store_in_order(store, db_path):
-    worker = WorkerActor.start(registry)
-    queue = QueueActor.start(store, [worker], settings(prefetch=1, window=3))
+    queue = QueueActor.start(store, real_workers, settings(prefetch=1, window=3), pool(count=1))
 
     ids = [submit(queue, n) for n in range(20)]
 

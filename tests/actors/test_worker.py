@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import threading
+import time
+
 import orjson
 import pytest
 
 from actors.actions import ActionRegistry, InvalidTaskData, default_action, registry
-from actors.messages import Ack, Execute, Nack, QueuedTask
+from actors.messages import Ack, Execute, Nack, QueuedTask, WorkerFailed
 from actors.worker import WorkerActor
 from tests.helpers import receive, start_recorder
 
@@ -103,3 +106,81 @@ def test_a_worker_runs_the_tasks_it_is_sent_one_after_another():
 
     assert [r.task_id for r in replies] == ["t0", "t1", "t2"]
     assert [orjson.loads(r.result)["output"] for r in replies] == ["X0", "X1", "X2"]
+
+
+def busy_for(seconds: float) -> None:
+    """Run Python code (interruptible, unlike one long sleep) for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_task_past_its_timeout_is_a_retryable_nack_and_the_worker_goes_on():
+    actions = ActionRegistry(default_action)
+    calls: list[str] = []
+
+    @actions.action("stuck", timeout_s=0.2)
+    def stuck(data):
+        calls.append("stuck")
+        busy_for(30)
+        calls.append("never")
+        return {}
+
+    queue, inbox = start_recorder()
+    worker = WorkerActor.start(actions, supervisor=queue)
+    started = time.monotonic()
+    worker.tell(Execute(QueuedTask("t1", "stuck", "{}", 0), queue))
+    worker.tell(Execute(QueuedTask("t2", "other", "{}", 0), queue))
+
+    assert receive(inbox, Nack) == Nack("t1", "timed out after 0.2 s", retryable=True)
+    assert time.monotonic() - started < 5
+    assert receive(inbox, Ack).task_id == "t2"
+    assert worker.is_alive()
+    assert calls == ["stuck"], "the stuck action was interrupted"
+
+
+def test_setup_runs_once_in_each_worker_on_the_thread_that_runs_its_actions():
+    actions = ActionRegistry(default_action)
+    setups: list[int] = []
+
+    @actions.setup
+    def connect():
+        setups.append(threading.get_ident())
+
+    @actions.action("where")
+    def where(data):
+        return {"thread": threading.get_ident()}
+
+    queue, inbox = start_recorder()
+    worker = WorkerActor.start(actions, supervisor=queue)
+    for n in range(2):
+        worker.tell(Execute(QueuedTask(f"t{n}", "where", "{}", 0), queue))
+
+    threads = {orjson.loads(receive(inbox, Ack).result)["thread"] for _ in range(2)}
+    assert threads == set(setups)
+    assert len(setups) == 1
+
+
+def test_a_worker_whose_setup_fails_tells_its_supervisor_and_stops():
+    actions = ActionRegistry(default_action)
+
+    @actions.setup
+    def broken():
+        raise ConnectionError("no database")
+
+    supervisor, inbox = start_recorder()
+    worker = WorkerActor.start(actions, supervisor=supervisor)
+
+    failed = receive(inbox, WorkerFailed)
+    assert failed == WorkerFailed(worker, "ConnectionError: no database")
+    assert worker.actor_stopped.wait(10)
+
+
+def test_a_worker_that_raises_outside_an_action_tells_its_supervisor():
+    supervisor, inbox = start_recorder()
+    worker = WorkerActor.start(registry, supervisor=supervisor)
+
+    worker.tell("not a message a worker knows")
+
+    assert receive(inbox, WorkerFailed).worker == worker
+    assert worker.actor_stopped.wait(10)

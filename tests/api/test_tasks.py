@@ -240,16 +240,30 @@ def test_health_is_200_while_every_actor_runs(client, system):
     result = client.simulate_get("/health")
 
     assert result.status_code == 200
-    assert result.json == {"status": "ok", "schema_version": system.schema_version, "workers": 2}
+    assert result.json == {
+        "status": "ok",
+        "schema_version": system.schema_version,
+        "workers": 2,
+        "worker_restarts": 0,
+        "ready": 0,
+        "in_flight": 0,
+    }
 
 
-def test_health_is_503_when_an_actor_is_dead(client, system):
-    system.workers[0].stop(timeout=10)
+@pytest.mark.parametrize("actor", ["store", "queue"])
+def test_health_is_503_when_the_store_or_the_queue_is_dead(client, system, actor):
+    getattr(system, actor).stop(timeout=10)
 
     result = client.simulate_get("/health")
 
     assert result.status_code == 503
-    assert result.json == {"status": "unavailable", "error": "1 of 2 workers are not running"}
+    assert result.json == {"status": "unavailable", "error": f"the {actor} actor is not running"}
+
+
+def test_health_is_503_while_shutting_down(client, system):
+    system.accepting = False
+
+    assert client.simulate_get("/health").json == {"status": "unavailable", "error": "shutting down"}
 
 
 def test_unknown_routes_and_methods_answer_in_json(client):

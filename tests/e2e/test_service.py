@@ -36,7 +36,8 @@ def start(services: list[Service], tmp_path, *flags: str) -> Service:
 
 def test_tasks_complete_and_survive_a_restart(services, tmp_path):
     service = start(services, tmp_path, "--work-delay-ms", "0")
-    assert service.request("GET", "/health") == (200, {"status": "ok", "schema_version": 1, "workers": 2})
+    healthy = {"status": "ok", "schema_version": 1, "workers": 2, "worker_restarts": 0, "ready": 0, "in_flight": 0}
+    assert service.request("GET", "/health") == (200, healthy)
     ids = [service.submit(body) for body, _ in TUTORIAL_TASKS]
     for task_id, (_, result) in zip(ids, TUTORIAL_TASKS, strict=True):
         task = service.wait_finished(task_id)
@@ -77,6 +78,17 @@ def test_sigterm_lets_tasks_in_flight_finish_and_exits_0(services, tmp_path):
     again = start(services, tmp_path, "--work-delay-ms", "0")
     assert {again.wait_finished(i)["status"] for i in ids} == {"completed"}
     assert again.stop() == 0
+
+
+def test_when_the_store_dies_the_process_stops_loudly_with_exit_code_1(services, tmp_path, monkeypatch):
+    monkeypatch.setenv("TASK_QUEUE_WORKERS_IMPORTS", "tests.e2e.sabotage")
+    service = start(services, tmp_path, "--work-delay-ms", "0")
+
+    service.submit({"action": "stop_the_store"})
+
+    assert service.process is not None
+    assert service.process.wait(10) == 1
+    assert "CRITICAL task_queue: the store actor is not running; stopping" in service.log()
 
 
 @pytest.mark.parametrize(
