@@ -30,6 +30,7 @@ __all__ = [
     "QueueState",
     "QueuedTask",
     "ReadyTasks",
+    "Recovered",
     "RequeueUnfinished",
     "RetryTask",
     "RetryWrites",
@@ -90,6 +91,13 @@ class ReadyTasks:
 
 
 @dataclass(frozen=True, slots=True)
+class Recovered:
+    """From the store, answering :class:`RequeueUnfinished`."""
+
+    unfinished: int  #: tasks queued or running (none of them committed after the requeue)
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     """From a worker: the task succeeded."""
 
@@ -139,6 +147,7 @@ class QueueState:
     draining: bool
     workers: int  #: workers alive in the pool
     worker_restarts: int  #: workers replaced since start
+    unfinished: int  #: committed tasks not yet completed or failed (the backlog)
 
 
 # --- to a WorkerActor ------------------------------------------------------------------
@@ -201,9 +210,10 @@ class FailTask:
 
 @dataclass(frozen=True, slots=True)
 class RequeueUnfinished:
-    """At start-up: tasks a previous run left ``running`` become ``queued`` again."""
+    """At start-up: tasks a previous run left ``running`` become ``queued`` again; reply Recovered."""
 
     max_attempts: int  #: a task interrupted this many times is failed instead
+    reply_to: ActorRef[Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 and supervises the workers.
 
 Protocol
-    receives  :class:`~actors.messages.Submit`      -> tells the store InsertTask
+    receives  :class:`~actors.messages.Submit`      -> tells the store InsertTask, or refuses it
+                                                       when ``max_backlog`` tasks are unfinished
+              :class:`~actors.messages.Recovered`   (store) -> learns the backlog left by a previous run
               :class:`~actors.messages.TasksStored` (store) -> dispatches them
               :class:`~actors.messages.ReadyTasks`  (store) -> dispatches them
               :class:`~actors.messages.Ack`  (worker) -> tells the store CompleteTask
@@ -55,6 +57,7 @@ from actors.messages import (
     QueuedTask,
     QueueState,
     ReadyTasks,
+    Recovered,
     RequeueUnfinished,
     RetryTask,
     Submit,
@@ -65,13 +68,17 @@ from actors.messages import (
 from actors.timers import tell_later
 from conf import QueueConfig, WorkersConfig
 
-__all__ = ["QueueActor", "ShuttingDown", "StartWorker", "WorkerPoolFailed"]
+__all__ = ["QueueActor", "QueueFull", "ShuttingDown", "StartWorker", "WorkerPoolFailed"]
 
 logger = logging.getLogger(__name__)
 
 
 class ShuttingDown(Exception):
     """Raised (through a ``committed`` future) when a task is submitted during shutdown."""
+
+
+class QueueFull(Exception):
+    """Raised (through a ``committed`` future) when the backlog is at ``max_backlog``."""
 
 
 class WorkerPoolFailed(Exception):
@@ -105,12 +112,13 @@ class QueueActor(pykka.ThreadingActor):
         self._in_flight: dict[str, tuple[int, int]] = {}  # task id -> (worker index, attempt)
         self._load = [0] * pool.count  # tasks in flight per worker
         self._draining = False
+        self._unfinished = 0  # committed tasks not yet completed or failed
         self._wake_timer: threading.Timer | None = None
         self._wake_at: float | None = None
 
     def on_start(self) -> None:
         self._workers = [self._start_worker(self.actor_ref) for _ in range(self._pool.count)]
-        self._store.tell(RequeueUnfinished(self._settings.max_attempts))
+        self._store.tell(RequeueUnfinished(self._settings.max_attempts, self.actor_ref))
         self._dispatch()
 
     def on_stop(self) -> None:
@@ -123,7 +131,10 @@ class QueueActor(pykka.ThreadingActor):
         match message:
             case Submit(task, committed):
                 self._submit(task, committed)
+            case Recovered(unfinished):
+                self._unfinished += unfinished
             case TasksStored(tasks):
+                self._unfinished += len(tasks)
                 self._take_stored(tasks)
             case ReadyTasks(tasks, next_due_at):
                 self._take_ready(tasks, next_due_at)
@@ -149,6 +160,7 @@ class QueueActor(pykka.ThreadingActor):
                     draining=self._draining,
                     workers=sum(worker.is_alive() for worker in self._workers),
                     worker_restarts=self._restart_count,
+                    unfinished=self._unfinished,
                 )
             case _:
                 raise TypeError(f"unexpected message {message!r}")
@@ -158,6 +170,8 @@ class QueueActor(pykka.ThreadingActor):
     def _submit(self, task: NewTask, committed: pykka.Future[None]) -> None:
         if self._draining:
             committed.set_exception((ShuttingDown, ShuttingDown("shutting down"), None))
+        elif self._unfinished >= self._settings.max_backlog:
+            committed.set_exception((QueueFull, QueueFull(f"{self._unfinished} tasks waiting"), None))
         else:
             self._store.tell(InsertTask(task, committed, self.actor_ref))
 
@@ -188,6 +202,7 @@ class QueueActor(pykka.ThreadingActor):
 
     def _ack(self, task_id: str, result: str) -> None:
         if self._settle(task_id) is not None:
+            self._unfinished -= 1
             self._store.tell(CompleteTask(task_id, result, utc_now()))
 
     def _nack(self, task_id: str, error: str, retryable: bool) -> None:
@@ -203,6 +218,7 @@ class QueueActor(pykka.ThreadingActor):
             self._schedule_wake(due)
         else:
             logger.warning("task %s: failed on attempt %d, not retried: %s", task_id, attempt, error)
+            self._unfinished -= 1
             self._store.tell(FailTask(task_id, error, utc_now()))
 
     def _replace_worker(self, worker: pykka.ActorRef[Any], error: str) -> None:

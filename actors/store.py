@@ -4,8 +4,8 @@ Protocol
     receives  :class:`~actors.messages.InsertTask`   -> after commit: sets ``committed``,
                                                        tells ``reply_to`` TasksStored
               :class:`~actors.messages.MarkRunning`, :class:`~actors.messages.CompleteTask`,
-              :class:`~actors.messages.RetryTask`, :class:`~actors.messages.FailTask`,
-              :class:`~actors.messages.RequeueUnfinished`            -> written, no reply
+              :class:`~actors.messages.RetryTask`, :class:`~actors.messages.FailTask` -> written
+              :class:`~actors.messages.RequeueUnfinished` -> tells ``reply_to`` Recovered
               :class:`~actors.messages.FetchReady`   -> tells ``reply_to`` ReadyTasks
               :class:`~actors.messages.Flush`        (sent to itself) -> commits
               :class:`~actors.messages.RetryWrites`  (its timer) -> writes unsaved updates again
@@ -44,6 +44,7 @@ from actors.messages import (
     MarkRunning,
     QueuedTask,
     ReadyTasks,
+    Recovered,
     RequeueUnfinished,
     RetryTask,
     RetryWrites,
@@ -134,8 +135,9 @@ class StoreActor(pykka.ThreadingActor):
                     "UPDATE tasks SET status = 'failed', error = ?, processed_at = ? WHERE id = ?",
                     (error, processed_at, task_id),
                 )
-            case RequeueUnfinished(max_attempts):
+            case RequeueUnfinished(max_attempts, reply_to):
                 self._requeue_unfinished(max_attempts)
+                reply_to.tell(Recovered(self._count_unfinished()))
             case FetchReady(limit, reply_to):
                 self._commit()
                 reply_to.tell(self._fetch_ready(limit))
@@ -237,6 +239,10 @@ class StoreActor(pykka.ThreadingActor):
         self._commit()
         if failed or requeued:
             logger.warning("recovered tasks left running by a previous run: %d re-queued, %d failed", requeued, failed)
+
+    def _count_unfinished(self) -> int:
+        count: int = self.conn.execute("SELECT COUNT(*) FROM tasks WHERE status IN ('queued', 'running')").fetchone()[0]
+        return count
 
     def _fetch_ready(self, limit: int) -> ReadyTasks:
         now = epoch_now()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ import pykka
 from actors.actions import ActionRegistry, registry
 from actors.messages import Drain, Inspect, Migrate, NewTask, QueueState, Submit
 from actors.migration import MigrationActor
-from actors.queue import QueueActor, ShuttingDown
+from actors.queue import QueueActor, QueueFull, ShuttingDown
 from actors.reader import TaskReader
 from actors.store import StoreActor, StoreError
 from actors.worker import WorkerActor
@@ -48,11 +49,29 @@ class TaskSystem:
     queue: pykka.ActorRef[Any]
     reader: TaskReader
     accepting: bool = field(default=True)
+    _pending: int = field(default=0, init=False)  # submits waiting for their commit
+    _pending_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def submit(self, task: NewTask) -> None:
         """Return once ``task`` is committed; raise :class:`NotAccepted` if it is not."""
         if not self.accepting:
             raise NotAccepted("shutting down")
+        with self._pending_lock:
+            if self._pending >= self.config.server.max_pending_submits:
+                raise NotAccepted("too many tasks waiting to be stored; try again")
+            self._pending += 1
+        try:
+            self._submit(task)
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+
+    @property
+    def pending_submits(self) -> int:
+        """Submits waiting for their commit right now."""
+        return self._pending
+
+    def _submit(self, task: NewTask) -> None:
         committed: pykka.Future[None] = pykka.ThreadingFuture()
         try:
             self.queue.tell(Submit(task, committed))
@@ -65,6 +84,8 @@ class TaskSystem:
             raise NotAccepted("the store cannot write now; try again") from None
         except ShuttingDown:
             raise NotAccepted("shutting down") from None
+        except QueueFull:
+            raise NotAccepted("the queue is full; try again later") from None
 
     def problem(self) -> str | None:
         """Why the system cannot do its work, or None when the store and the queue are alive.

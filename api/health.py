@@ -30,6 +30,8 @@ class Health:
             "schema_version": self._system.schema_version,
             "workers": queue.workers,
             "worker_restarts": queue.worker_restarts,
+            "backlog": queue.unfinished,
             "ready": queue.ready,
             "in_flight": queue.in_flight,
+            "pending_submits": self._system.pending_submits,
         }

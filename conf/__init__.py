@@ -32,6 +32,7 @@ class ServerConfig:
     connection_limit: int
     max_body_bytes: int
     submit_timeout_ms: int
+    max_pending_submits: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class QueueConfig:
     prefetch: int
     window: int
     max_attempts: int
+    max_backlog: int
     retry_backoff_ms: int
     retry_backoff_max_ms: int
 
@@ -81,12 +83,14 @@ class Config:
             "server.connection_limit": self.server.connection_limit >= 1,
             "server.max_body_bytes": self.server.max_body_bytes >= 1,
             "server.submit_timeout_ms": self.server.submit_timeout_ms >= 1,
+            "server.max_pending_submits": 1 <= self.server.max_pending_submits < self.server.threads,
             "store.synchronous": self.store.synchronous.upper() in ("OFF", "NORMAL", "FULL", "EXTRA"),
             "store.busy_timeout_ms": self.store.busy_timeout_ms >= 0,
             "store.max_pages": self.store.max_pages >= 0,
             "queue.prefetch": self.queue.prefetch >= 1,
             "queue.window": self.queue.window >= 1,
             "queue.max_attempts": self.queue.max_attempts >= 1,
+            "queue.max_backlog": self.queue.max_backlog >= 1,
             "queue.retry_backoff_ms": self.queue.retry_backoff_ms >= 0,
             "queue.retry_backoff_max_ms": self.queue.retry_backoff_max_ms >= 0,
             "workers.count": self.workers.count >= 1,

@@ -16,6 +16,7 @@ from actors.messages import (
     NewTask,
     QueuedTask,
     ReadyTasks,
+    Recovered,
     RequeueUnfinished,
     RetryTask,
     TasksStored,
@@ -119,16 +120,21 @@ def test_fetch_returns_at_most_the_limit(store):
 
 
 def test_unfinished_tasks_are_requeued_unless_they_ran_out_of_attempts(store, db_path):
-    queue, _ = start_recorder()
-    for n in (1, 2, 3):
+    queue, inbox = start_recorder()
+    for n in (1, 2, 3, 4):
         insert(store, queue, new_task(n)).get(timeout=10)
     store.tell(MarkRunning("task-1", utc_now()))
     for _ in range(3):
         store.tell(MarkRunning("task-2", utc_now()))
+    store.tell(MarkRunning("task-4", utc_now()))
+    store.tell(CompleteTask("task-4", "{}", utc_now()))
 
-    store.tell(RequeueUnfinished(max_attempts=3))
+    store.tell(RequeueUnfinished(max_attempts=3, reply_to=queue))
 
-    wait_until(lambda: row(db_path, "task-2")["status"] == "failed", what="task-2 to fail")
+    while not isinstance(reply := inbox.get(timeout=10), Recovered):
+        pass
+    assert reply == Recovered(unfinished=2)
+    assert row(db_path, "task-2")["status"] == "failed"
     assert row(db_path, "task-1")["status"] == "queued"
     assert row(db_path, "task-3")["status"] == "queued"
     assert "interrupted" in row(db_path, "task-2")["error"]

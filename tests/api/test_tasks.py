@@ -245,8 +245,10 @@ def test_health_is_200_while_every_actor_runs(client, system):
         "schema_version": system.schema_version,
         "workers": 2,
         "worker_restarts": 0,
+        "backlog": 0,
         "ready": 0,
         "in_flight": 0,
+        "pending_submits": 0,
     }
 
 

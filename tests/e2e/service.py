@@ -63,16 +63,21 @@ class Service:
             self.process.wait(10)
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        status, answer, _ = self.call(method, path, body)
+        return status, answer
+
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any, dict[str, str]]:
+        """Status, decoded JSON body and headers (names in lower case) of one request."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read()), {k.lower(): v for k, v in resp.headers.items()}
         except urllib.error.HTTPError as e:
             with e:
-                return e.code, json.loads(e.read())
+                return e.code, json.loads(e.read()), {k.lower(): v for k, v in e.headers.items()}
 
     def submit(self, body: dict[str, Any]) -> str:
         status, answer = self.request("POST", "/tasks", body)
