@@ -209,15 +209,16 @@ class QueueActor(pykka.ThreadingActor):
         attempt = self._settle(task_id)
         if attempt is None:
             return
+        logger.debug("task %s: attempt %d failed: %s", task_id, attempt, error)  # may quote task data
         if retryable and attempt < self._settings.max_attempts:
             backoff_ms = min(self._settings.retry_backoff_ms * 2 ** (attempt - 1), self._settings.retry_backoff_max_ms)
             due = epoch_now() + backoff_ms / 1000
-            logger.info("task %s: attempt %d failed, retrying in %d ms: %s", task_id, attempt, backoff_ms, error)
+            logger.info("task %s: attempt %d failed, retrying in %d ms", task_id, attempt, backoff_ms)
             self._store.tell(RetryTask(task_id, error, due))
             self._backlog = True
             self._schedule_wake(due)
         else:
-            logger.warning("task %s: failed on attempt %d, not retried: %s", task_id, attempt, error)
+            logger.warning("task %s: failed on attempt %d, not retried (its error is kept with it)", task_id, attempt)
             self._unfinished -= 1
             self._store.tell(FailTask(task_id, error, utc_now()))
 

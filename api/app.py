@@ -10,15 +10,18 @@ import falcon.media
 import orjson
 
 from actors import TaskSystem
+from api.auth import BearerAuth
 from api.errors import install_error_handling
 from api.health import Health
+from api.openapi import OpenApi
 from api.tasks import TaskCollection, TaskItem
 
 __all__ = ["create_app"]
 
 
 def create_app(system: TaskSystem) -> falcon.App:
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    token = system.config.server.auth_token
+    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=[BearerAuth(token)] if token else [])
     json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
@@ -28,4 +31,5 @@ def create_app(system: TaskSystem) -> falcon.App:
     app.add_route("/tasks", TaskCollection(system))
     app.add_route("/tasks/{task_id}", TaskItem(system))
     app.add_route("/health", Health(system))
+    app.add_route("/openapi.json", OpenApi(auth=bool(token)))
     return app

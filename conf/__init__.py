@@ -32,6 +32,7 @@ class ServerConfig:
     connection_limit: int
     max_body_bytes: int
     submit_timeout_ms: int
+    auth_token: str
     max_pending_submits: int
 
 

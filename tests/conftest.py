@@ -10,6 +10,13 @@ import pytest
 from conf import Config, load_config
 from tests.helpers import wait_until
 
+SUMMARY = pytest.StashKey[str]()  # a line for the end of the test run, set by a test module
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if SUMMARY in config.stash:
+        terminalreporter.write_line(config.stash[SUMMARY])
+
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> str:

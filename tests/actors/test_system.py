@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from actors import TaskSystem, start_system
@@ -63,3 +64,23 @@ def test_a_stuck_task_times_out_is_retried_then_dead_lettered_and_does_not_stall
         assert system.inspect().workers == 2
     finally:
         system.stop()
+
+
+def test_logs_do_not_show_task_data(config, db_path, caplog):
+    actions = ActionRegistry(default_action)
+
+    @actions.action("leaky")
+    def leaky(data):
+        raise KeyError(data["password"])
+
+    system = start_system(config.replace(queue={"max_attempts": 2}), actions)
+    try:
+        caplog.set_level(logging.INFO)
+        system.submit(NewTask("leaky", "leaky", '{"password": "hunter2"}', utc_now()))
+        failed = wait_until(lambda: (r := row(db_path, "leaky"))["status"] == "failed" and r, what="the failure")
+    finally:
+        system.stop()
+
+    assert failed["error"] == "KeyError: 'hunter2'", "the task's own error keeps the detail"
+    assert "task leaky: failed on attempt 2" in caplog.text
+    assert "hunter2" not in caplog.text

@@ -1,0 +1,227 @@
+"""``GET /openapi.json``: the OpenAPI 3 description of this API, kept next to the code it describes.
+
+The fuzz tests (``tests/api/test_fuzz.py``) check every response against it, so a change to
+the API that is not made here too fails the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from actors.db import STATUSES
+from api.tasks import DEFAULT_LIMIT, MAX_ACTION_LENGTH, MAX_LIMIT
+
+__all__ = ["OpenApi", "openapi_document"]
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _ok(description: str, schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = _error(description, headers)
+    response["content"]["application/json"]["schema"] = {"$ref": f"#/components/schemas/{schema}"}
+    return response
+
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}}
+NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+        "additionalProperties": False,
+    },
+    "Submission": {
+        "type": "object",
+        "required": ["action"],
+        "properties": {
+            "action": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_ACTION_LENGTH,
+                "pattern": r"\S",
+                "description": "what to do: uppercase, sum, or any action registered by the service",
+            },
+            "data": {"type": "object", "description": "the action's input (default {})"},
+        },
+    },
+    "Accepted": {
+        "type": "object",
+        "required": ["id", "status"],
+        "properties": {"id": {"type": "string", "format": "uuid"}, "status": {"type": "string", "enum": ["queued"]}},
+        "additionalProperties": False,
+    },
+    "Task": {
+        "type": "object",
+        "required": [
+            "id",
+            "action",
+            "data",
+            "status",
+            "result",
+            "error",
+            "attempts",
+            "created_at",
+            "started_at",
+            "processed_at",
+        ],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "action": {"type": "string"},
+            "data": {"type": "object"},
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "result": {"type": "object", "nullable": True},
+            "error": {"type": "string", "nullable": True},
+            "attempts": {"type": "integer", "minimum": 0},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": NULLABLE_TIME,
+            "processed_at": NULLABLE_TIME,
+        },
+        "additionalProperties": False,
+    },
+    "TaskList": {
+        "type": "object",
+        "required": ["tasks", "count", "next_cursor"],
+        "properties": {
+            "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}},
+            "count": {"type": "integer", "minimum": 0},
+            "next_cursor": {"type": "string", "nullable": True, "description": "pass as `cursor` for the next page"},
+        },
+        "additionalProperties": False,
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok"]},
+            "schema_version": {"type": "integer"},
+            "workers": {"type": "integer"},
+            "worker_restarts": {"type": "integer"},
+            "backlog": {"type": "integer"},
+            "ready": {"type": "integer"},
+            "in_flight": {"type": "integer"},
+            "pending_submits": {"type": "integer"},
+        },
+    },
+    "Unavailable": {
+        "type": "object",
+        "required": ["status", "error"],
+        "properties": {"status": {"type": "string", "enum": ["unavailable"]}, "error": {"type": "string"}},
+    },
+}
+
+
+def openapi_document(auth: bool) -> dict[str, Any]:
+    """The API's description; with ``auth``, every operation but /health needs a bearer token."""
+    unauthorized: dict[str, Any] = {"401": _error("no valid bearer token")} if auth else {}
+    secured: dict[str, Any] = {"security": [{"bearer": []}]} if auth else {}
+    paths: dict[str, Any] = {
+        "/tasks": {
+            "post": {
+                "summary": "Submit a task; 202 once it is committed",
+                "operationId": "submitTask",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Submission"}}},
+                },
+                "responses": {
+                    "202": _ok(
+                        "committed; it will run",
+                        "Accepted",
+                        {"Location": {"description": "the task's URL", "schema": {"type": "string"}}},
+                    ),
+                    "400": _error("the body is not valid JSON, or not a valid submission"),
+                    "413": _error("the body is too large"),
+                    "415": _error("the body is not declared as application/json"),
+                    "503": _error("not committed: shutting down, overloaded or the store is failing", RETRY_AFTER),
+                    **unauthorized,
+                },
+                **secured,
+            },
+            "get": {
+                "summary": "List tasks, newest first",
+                "operationId": "listTasks",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "description": "the next_cursor of the previous page",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": _ok("a page of tasks", "TaskList"),
+                    "400": _error("a parameter is invalid"),
+                    **unauthorized,
+                },
+                **secured,
+            },
+        },
+        "/tasks/{task_id}": {
+            "get": {
+                "summary": "One task",
+                "operationId": "getTask",
+                "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _ok("the task", "Task"), "404": _error("no such task"), **unauthorized},
+                **secured,
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Whether the service can take and run tasks",
+                "operationId": "health",
+                "responses": {
+                    "200": _ok("ready", "Health"),
+                    "503": {
+                        "description": "not ready",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Unavailable"}}},
+                    },
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {
+                    "200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {}}}},
+                    **unauthorized,
+                },
+                **secured,
+            }
+        },
+    }
+    components: dict[str, Any] = {"schemas": SCHEMAS}
+    if auth:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "task-queue", "version": "1.0.0", "description": "A durable task queue."},
+        "paths": paths,
+        "components": components,
+    }
+
+
+class OpenApi:
+    def __init__(self, auth: bool) -> None:
+        self._document = openapi_document(auth)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self._document
