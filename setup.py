@@ -18,6 +18,8 @@ setup(
         "test": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
+            "hypothesis>=6.100,<7",
+            "schemathesis>=4.0,<5",
             "ruff>=0.8",
             "mypy>=1.13",
         ],

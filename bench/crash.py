@@ -87,7 +87,7 @@ class Submitter(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        conn = http.client.HTTPConnection(self._address.hostname, self._address.port, timeout=30)
+        conn = http.client.HTTPConnection(self._address.hostname or "127.0.0.1", self._address.port, timeout=30)
         n = 0
         while not self.stopping.is_set():
             n += 1

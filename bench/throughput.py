@@ -33,7 +33,7 @@ BODIES = [
 
 def submit_all(url: str, count: int, latencies: list[float]) -> None:
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     for n in range(count):
         started = time.perf_counter()
         conn.request("POST", "/tasks", BODIES[n % 3], {"Content-Type": "application/json"})

@@ -18,7 +18,7 @@ T = TypeVar("T")
 DEADLINE_S = 10.0
 
 
-def wait_until(condition: Callable[[], T], timeout: float = DEADLINE_S, what: str = "condition") -> T:
+def wait_until(condition: Callable[[], T | None], timeout: float = DEADLINE_S, what: str = "condition") -> T:
     """Poll ``condition`` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
