@@ -1,14 +1,28 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pykka
 import pytest
+from hypothesis import settings
 
 from conf import Config, load_config
 from tests.helpers import wait_until
+
+settings.register_profile("no-files", database=None)  # hypothesis keeps no example database
+settings.load_profile("no-files")
+HYPOTHESIS_CACHE = tempfile.mkdtemp(prefix="hypothesis-")  # and its caches go here, not in the work tree
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = HYPOTHESIS_CACHE
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(HYPOTHESIS_CACHE, ignore_errors=True)
+
 
 SUMMARY = pytest.StashKey[str]()  # a line for the end of the test run, set by a test module
 
