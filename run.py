@@ -49,19 +49,23 @@ def build_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
+def waitress_options(config: Config) -> dict[str, Any]:
+    """The server settings, shared with the benchmark's ceiling app (bench/ceiling.py)."""
+    return {
+        "host": config.server.host,
+        "port": config.server.port,
+        "threads": config.server.threads,
+        "connection_limit": config.server.connection_limit,
+        "backlog": config.server.connection_limit,
+        "max_request_body_size": 4 * config.server.max_body_bytes,
+        "asyncore_use_poll": True,
+        "ident": "task-queue",
+    }
+
+
 def create_server(config: Config, system: TaskSystem) -> Any:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N" under load
-    return waitress.create_server(
-        create_app(system),
-        host=config.server.host,
-        port=config.server.port,
-        threads=config.server.threads,
-        connection_limit=config.server.connection_limit,
-        backlog=config.server.connection_limit,
-        max_request_body_size=4 * config.server.max_body_bytes,
-        asyncore_use_poll=True,
-        ident="task-queue",
-    )
+    return waitress.create_server(create_app(system), **waitress_options(config))
 
 
 class Watchdog(threading.Thread):

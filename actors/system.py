@@ -49,27 +49,37 @@ class TaskSystem:
     queue: pykka.ActorRef[Any]
     reader: TaskReader
     accepting: bool = field(default=True)
-    _pending: int = field(default=0, init=False)  # submits waiting for their commit
-    _pending_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _waiting: dict[str, float] = field(default_factory=dict, init=False)  # task id -> when its submit began
+    _waiting_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def submit(self, task: NewTask) -> None:
-        """Return once ``task`` is committed; raise :class:`NotAccepted` if it is not."""
+        """Return once ``task`` is committed; raise :class:`NotAccepted` if it is not.
+
+        Submits wait for their commit on the caller's thread (a waitress request thread). When
+        the store is stuck, ``max_stalled_submits`` of them waiting longer than ``stall_ms``
+        is enough: further submits are refused at once, so request threads stay free for reads.
+        """
         if not self.accepting:
             raise NotAccepted("shutting down")
-        with self._pending_lock:
-            if self._pending >= self.config.server.max_pending_submits:
-                raise NotAccepted("too many tasks waiting to be stored; try again")
-            self._pending += 1
+        with self._waiting_lock:
+            if self._stalled() >= self.config.server.max_stalled_submits:
+                raise NotAccepted("the store is not keeping up; try again")
+            self._waiting[task.id] = time.monotonic()
         try:
             self._submit(task)
         finally:
-            with self._pending_lock:
-                self._pending -= 1
+            with self._waiting_lock:
+                del self._waiting[task.id]
+
+    def _stalled(self) -> int:
+        stalled_since = time.monotonic() - self.config.server.stall_ms / 1000
+        return sum(started <= stalled_since for started in self._waiting.values())
 
     @property
-    def pending_submits(self) -> int:
-        """Submits waiting for their commit right now."""
-        return self._pending
+    def pending_submits(self) -> tuple[int, int]:
+        """Submits waiting for their commit right now, and how many of them for over ``stall_ms``."""
+        with self._waiting_lock:
+            return len(self._waiting), self._stalled()
 
     def _submit(self, task: NewTask) -> None:
         committed: pykka.Future[None] = pykka.ThreadingFuture()

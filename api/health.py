@@ -25,6 +25,7 @@ class Health:
             resp.status = falcon.HTTP_503
             resp.media = {"status": "unavailable", "error": problem}
             return
+        pending, stalled = self._system.pending_submits
         resp.media = {
             "status": "ok",
             "schema_version": self._system.schema_version,
@@ -33,5 +34,6 @@ class Health:
             "backlog": queue.unfinished,
             "ready": queue.ready,
             "in_flight": queue.in_flight,
-            "pending_submits": self._system.pending_submits,
+            "pending_submits": pending,
+            "stalled_submits": stalled,
         }

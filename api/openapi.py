@@ -112,6 +112,7 @@ SCHEMAS: dict[str, Any] = {
             "ready": {"type": "integer"},
             "in_flight": {"type": "integer"},
             "pending_submits": {"type": "integer"},
+            "stalled_submits": {"type": "integer"},
         },
     },
     "Unavailable": {

@@ -33,7 +33,8 @@ class ServerConfig:
     max_body_bytes: int
     submit_timeout_ms: int
     auth_token: str
-    max_pending_submits: int
+    stall_ms: int
+    max_stalled_submits: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,8 @@ class Config:
             "server.connection_limit": self.server.connection_limit >= 1,
             "server.max_body_bytes": self.server.max_body_bytes >= 1,
             "server.submit_timeout_ms": self.server.submit_timeout_ms >= 1,
-            "server.max_pending_submits": 1 <= self.server.max_pending_submits < self.server.threads,
+            "server.stall_ms": self.server.stall_ms >= 1,
+            "server.max_stalled_submits": 1 <= self.server.max_stalled_submits < self.server.threads,
             "store.synchronous": self.store.synchronous.upper() in ("OFF", "NORMAL", "FULL", "EXTRA"),
             "store.busy_timeout_ms": self.store.busy_timeout_ms >= 0,
             "store.max_pages": self.store.max_pages >= 0,

@@ -62,10 +62,10 @@ def test_the_backlog_bound_counts_tasks_left_by_a_previous_run(store):
         submit(queue, 3)
 
 
-def test_submits_beyond_the_pending_bound_are_refused_at_once_while_the_store_is_stuck(config, db_path):
+def test_submits_beyond_the_stalled_bound_are_refused_at_once_while_the_store_is_stuck(config, db_path):
     system = start_system(
         config.replace(
-            server={"threads": 4, "max_pending_submits": 2, "submit_timeout_ms": 20000},
+            server={"threads": 4, "max_stalled_submits": 2, "stall_ms": 100, "submit_timeout_ms": 20000},
             store={"busy_timeout_ms": 20000},
         )
     )
@@ -80,10 +80,10 @@ def test_submits_beyond_the_pending_bound_are_refused_at_once_while_the_store_is
     try:
         for thread in waiting:
             thread.start()
-        wait_until(lambda: system.pending_submits == 2, what="two submits to wait for the store")
+        wait_until(lambda: system.pending_submits == (2, 2), what="two submits stalled on the store")
 
         started = time.monotonic()
-        with pytest.raises(NotAccepted, match="too many tasks waiting"):
+        with pytest.raises(NotAccepted, match="the store is not keeping up"):
             system.submit(new_task(2))
         assert time.monotonic() - started < 1, "refused at once, not after a timeout"
         assert system.reader.list()[0] == []  # reads go on

@@ -249,6 +249,7 @@ def test_health_is_200_while_every_actor_runs(client, system):
         "ready": 0,
         "in_flight": 0,
         "pending_submits": 0,
+        "stalled_submits": 0,
     }
 
 

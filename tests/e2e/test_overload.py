@@ -17,7 +17,8 @@ from tests.helpers import WriteLockHolder, wait_until
 def service(tmp_path, monkeypatch) -> Iterator[Service]:
     monkeypatch.setenv("TASK_QUEUE_QUEUE_MAX_BACKLOG", "5")
     monkeypatch.setenv("TASK_QUEUE_SERVER_THREADS", "4")
-    monkeypatch.setenv("TASK_QUEUE_SERVER_MAX_PENDING_SUBMITS", "2")
+    monkeypatch.setenv("TASK_QUEUE_SERVER_MAX_STALLED_SUBMITS", "2")
+    monkeypatch.setenv("TASK_QUEUE_SERVER_STALL_MS", "100")
     monkeypatch.setenv("TASK_QUEUE_SERVER_SUBMIT_TIMEOUT_MS", "30000")
     monkeypatch.setenv("TASK_QUEUE_STORE_BUSY_TIMEOUT_MS", "30000")
     service = Service(str(tmp_path / "tasks.db"), tmp_path / "run.log", "--work-delay-ms", "5000", "--workers", "1")
@@ -54,9 +55,9 @@ def test_submits_waiting_on_a_stuck_store_are_bounded_and_reads_go_on(service):
     try:
         for thread in waiting:
             thread.start()
-        wait_until(lambda: service.request("GET", "/health")[1]["pending_submits"] == 2, what="two waiting submits")
+        wait_until(lambda: service.request("GET", "/health")[1]["stalled_submits"] == 2, what="two stalled submits")
 
-        assert_refused_at_once(service, "too many tasks waiting")
+        assert_refused_at_once(service, "the store is not keeping up")
         assert service.request("GET", "/tasks")[0] == 200
     finally:
         lock.release()

@@ -1,0 +1,173 @@
+"""Load generators and processes for the benchmark: wrk for the most a server can take, hey at a
+fixed rate, and the two servers under test run as processes of their own."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tests.helpers import wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+READY = re.compile(r"ready on (http://[\d.]+:\d+)")
+
+# wrk runs this script: POSTs of the tutorial's three kinds of task, and a JSON summary at the end.
+WRK_POST = """
+local bodies = {
+  '{"action": "uppercase", "data": {"text": "hello world"}}',
+  '{"action": "sum", "data": {"numbers": [1, 2, 3, 4]}}',
+  '{"action": "send_email", "data": {"to": "a@example.com"}}',
+}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/tasks", {["Content-Type"] = "application/json"}, bodies[n % 3 + 1])
+end
+"""
+WRK_GET = """
+request = function()
+  return wrk.format("GET", PATH)
+end
+"""
+WRK_SUMMARY = """
+done = function(summary, latency, requests)
+  local errors = summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT %d %d %f %f %f\\n", summary.requests, errors,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, summary.duration / 1e6))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a load generator saw: requests per second, errors, and latency percentiles in ms."""
+
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise SystemExit(f"{tool} is not installed (Debian: apt-get install {tool})")
+    return path
+
+
+def wrk(url: str, seconds: float, connections: int, get_path: str | None = None) -> Load:
+    """As many requests as ``connections`` keep-alive connections get answered in ``seconds``."""
+    script = (WRK_GET.replace("PATH", repr(get_path)) if get_path else WRK_POST) + WRK_SUMMARY
+    script_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"task-queue-bench-{os.getpid()}.lua"
+    script_path.write_text(script)
+    try:
+        out = subprocess.run(
+            [require("wrk"), "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script_path), url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
+    finally:
+        script_path.unlink()
+    requests, errors, p50, p95, duration = re.search(r"RESULT (\S+) (\S+) (\S+) (\S+) (\S+)", out).groups()  # type: ignore[union-attr]
+    return Load(int(requests), int(errors), float(duration), float(p50), float(p95))
+
+
+def hey_post(url: str, seconds: float, connections: int, rate: float) -> Load:
+    """POST /tasks at a fixed total ``rate`` per second, spread over ``connections``."""
+    body = '{"action": "uppercase", "data": {"text": "hello world"}}'
+    args = ["-z", f"{seconds}s", "-c", str(connections), "-q", f"{rate / connections:.2f}"]
+    args += ["-m", "POST", "-T", "application/json", "-d", body]
+    return _hey(url + "/tasks", args)
+
+
+def hey_get(url: str, requests: int, connections: int) -> Load:
+    return _hey(url, ["-n", str(requests), "-c", str(connections)])
+
+
+def _hey(url: str, args: list[str]) -> Load:
+    out = subprocess.run([require("hey"), *args, url], capture_output=True, text=True, check=True, timeout=600).stdout
+    seconds = float(re.search(r"Total:\s+(\S+) secs", out).group(1))  # type: ignore[union-attr]
+    codes = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", out))
+    ok = sum(int(n) for code, n in codes.items() if code.startswith("2"))
+    errors = sum(int(n) for code, n in codes.items() if not code.startswith("2"))
+    errors += sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+(?:Get|Post)", out, re.MULTILINE))
+
+    def percentile(p: int) -> float:
+        return float(re.search(rf"{p}% in (\S+) secs", out).group(1)) * 1000  # type: ignore[union-attr]
+
+    return Load(ok + errors, errors, seconds, percentile(50), percentile(95))
+
+
+def post_tasks(url: str, count: int) -> None:
+    """Submit ``count`` tasks one after another over one connection."""
+    address = urlsplit(url)
+    conn = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=30)
+    body = '{"action": "uppercase", "data": {"text": "hello world"}}'
+    for _ in range(count):
+        conn.request("POST", "/tasks", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        if response.status != 202:
+            raise RuntimeError(f"POST /tasks answered {response.status}")
+    conn.close()
+
+
+class Server:
+    """A server process (the service or the ceiling app) that prints a ready line with its URL."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.started_in_s = 0.0
+
+    def start(self, timeout: float = 60) -> Server:
+        started = time.monotonic()
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+        self.url = wait_until(self._ready, timeout=timeout, what=f"{self.args} to be ready").group(1)
+        self.started_in_s = time.monotonic() - started
+        return self
+
+    def _ready(self) -> re.Match[str] | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.args} exited:\n{self.log_path.read_text()}")
+        return READY.search(self.log_path.read_text())
+
+    def rss_mb(self) -> float:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
