@@ -23,6 +23,7 @@ setup(
             "ruff>=0.8",
             "mypy>=1.13",
         ],
+        "bench": ["k6>=1.0,<2"],  # also wrk and hey, from Debian: apt-get install wrk hey
     },
     entry_points={"console_scripts": ["task-queue=run:main"]},
 )
