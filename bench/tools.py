@@ -77,7 +77,7 @@ def wrk(url: str, seconds: float, connections: int, get_path: str | None = None)
     script_path.write_text(script)
     try:
         out = subprocess.run(
-            [require("wrk"), "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script_path), url],
+            [require("wrk"), "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script_path), url],
             capture_output=True,
             text=True,
             check=True,
@@ -92,7 +92,7 @@ def wrk(url: str, seconds: float, connections: int, get_path: str | None = None)
 def hey_post(url: str, seconds: float, connections: int, rate: float) -> Load:
     """POST /tasks at a fixed total ``rate`` per second, spread over ``connections``."""
     body = '{"action": "uppercase", "data": {"text": "hello world"}}'
-    args = ["-z", f"{seconds}s", "-c", str(connections), "-q", f"{rate / connections:.2f}"]
+    args = ["-z", f"{max(1, round(seconds))}s", "-c", str(connections), "-q", f"{rate / connections:.2f}"]
     args += ["-m", "POST", "-T", "application/json", "-d", body]
     return _hey(url + "/tasks", args)
 
