@@ -16,8 +16,7 @@ import logging
 import sqlite3
 from typing import Any
 
-import pykka
-
+from actors.base import Actor
 from actors.db import MIGRATIONS, connect_writer, utc_now
 from actors.messages import Migrate
 
@@ -28,7 +27,7 @@ logger = logging.getLogger(__name__)
 Migrations = tuple[tuple[int, tuple[str, ...]], ...]
 
 
-class MigrationActor(pykka.ThreadingActor):
+class MigrationActor(Actor):
     """Receives Migrate; replies the schema version; then stops."""
 
     def __init__(self, db_path: str, migrations: Migrations = MIGRATIONS) -> None:

@@ -41,6 +41,7 @@ from typing import Any
 
 import pykka
 
+from actors.base import Actor
 from actors.db import epoch_now, utc_now
 from actors.messages import (
     Ack,
@@ -88,7 +89,7 @@ class WorkerPoolFailed(Exception):
 StartWorker = Callable[[pykka.ActorRef[Any]], pykka.ActorRef[Any]]  # supervisor -> new worker
 
 
-class QueueActor(pykka.ThreadingActor):
+class QueueActor(Actor):
     """Receives Submit, stored and ready tasks, acks and nacks; sends Execute and store writes."""
 
     def __init__(

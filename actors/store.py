@@ -34,6 +34,7 @@ from typing import Any
 
 import pykka
 
+from actors.base import Actor
 from actors.db import connect_writer, epoch_now, utc_now
 from actors.messages import (
     CompleteTask,
@@ -64,7 +65,7 @@ class StoreError(Exception):
     """Raised (through a ``committed`` future) when a task could not be committed."""
 
 
-class StoreActor(pykka.ThreadingActor):
+class StoreActor(Actor):
     """Receives task writes and FetchReady; commits in groups; replies by message."""
 
     def __init__(
