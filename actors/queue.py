@@ -264,7 +264,10 @@ class QueueActor(Actor):
             self._in_flight[task.id] = (worker, task.attempts + 1)
             self._load[worker] += 1
             self._store.tell(MarkRunning(task.id, utc_now()))
-            self._workers[worker].tell(Execute(task, self.actor_ref))
+            try:
+                self._workers[worker].tell(Execute(task, self.actor_ref))
+            except pykka.ActorDeadError:  # it died and its WorkerFailed is still on the way
+                self._replace_worker(self._workers[worker], "it had stopped")
         if not self._ready and self._backlog and not self._fetching:
             self._fetching = True
             self._store.tell(FetchReady(self._settings.window, self.actor_ref))

@@ -86,3 +86,17 @@ def test_a_failure_report_from_a_worker_already_replaced_is_ignored(store):
 
     state = queue.ask(Inspect(), timeout=10)
     assert (state.workers, state.worker_restarts) == (1, 1)
+
+
+def test_a_worker_found_dead_when_handed_a_task_is_replaced_and_the_task_retried(store, db_path):
+    pool = FakePool()
+    queue = start_queue(store, pool, count=1)
+    dead = wait_until(lambda: pool.started and pool.started[0], what="the first worker")
+    dead.stop()  # dead, and it told nobody
+
+    submit(queue, "task-0")
+
+    assert receive(pool.inbox, Execute).task.id == "task-0"
+    state = queue.ask(Inspect(), timeout=10)
+    assert (state.workers, state.worker_restarts) == (1, 1)
+    wait_until(lambda: row(db_path, "task-0")["attempts"] == 2, what="the second attempt to be recorded")

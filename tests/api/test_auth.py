@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from falcon import testing
-
-from actors import start_system
-from api import create_app
-from conf import Config
 
 TOKEN = "s3cret-token"
 
 
 @pytest.fixture
-def client(config: Config) -> Iterator[testing.TestClient]:
-    system = start_system(config.replace(server={"auth_token": TOKEN}))
-    yield testing.TestClient(create_app(system))
-    system.stop()
+def settings() -> dict[str, dict[str, Any]]:
+    return {"server": {"auth_token": TOKEN}}
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -10,10 +10,7 @@ from falcon import testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import start_system
-from api import create_app
 from api.tasks import parse_submission
-from conf import Config
 
 JSON = {"Content-Type": "application/json"}
 FUZZ = settings(
@@ -32,10 +29,8 @@ json_values = st.recursive(
 
 
 @pytest.fixture
-def client(config: Config) -> Iterator[testing.TestClient]:
-    system = start_system(config.replace(server={"max_body_bytes": 65536}))
-    yield testing.TestClient(create_app(system))
-    system.stop()
+def settings() -> dict[str, dict[str, Any]]:
+    return {"server": {"max_body_bytes": 65536}}
 
 
 def assert_json_error(result: testing.Result, *statuses: int) -> None:

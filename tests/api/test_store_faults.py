@@ -4,27 +4,17 @@ and recovery without a restart once the fault clears."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from falcon import testing
 
-from actors import TaskSystem, start_system
-from api import create_app
-from conf import Config
 from tests.helpers import WriteLockHolder, row, set_immutable, wait_until
 
 
 @pytest.fixture
-def system(config: Config) -> Iterator[TaskSystem]:
-    system = start_system(config.replace(store={"busy_timeout_ms": 200, "max_pages": 60}))
-    yield system
-    system.stop()
-
-
-@pytest.fixture
-def client(system: TaskSystem) -> testing.TestClient:
-    return testing.TestClient(create_app(system))
+def settings() -> dict[str, dict[str, Any]]:
+    return {"store": {"busy_timeout_ms": 200, "max_pages": 60}}
 
 
 def submit(client: testing.TestClient, text: str = "x") -> testing.Result:

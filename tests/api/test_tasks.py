@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from falcon import testing
 
-from actors import TaskSystem, start_system
-from api import create_app
-from conf import Config
 from tests.helpers import row, wait_until
 
 JSON = {"Content-Type": "application/json"}
@@ -17,15 +14,8 @@ FIELDS = {
 
 
 @pytest.fixture
-def system(config: Config) -> Iterator[TaskSystem]:
-    system = start_system(config.replace(server={"max_body_bytes": 4096, "submit_timeout_ms": 1000}))
-    yield system
-    system.stop()
-
-
-@pytest.fixture
-def client(system: TaskSystem) -> testing.TestClient:
-    return testing.TestClient(create_app(system))
+def settings() -> dict[str, dict[str, Any]]:
+    return {"server": {"max_body_bytes": 4096, "submit_timeout_ms": 1000}}
 
 
 def post(client: testing.TestClient, body: object) -> testing.Result:
