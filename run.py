@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import waitress
@@ -25,7 +26,7 @@ from conf import Config, ConfigError, load_config
 logger = logging.getLogger("task_queue")
 
 WATCHDOG_INTERVAL_S = 0.5
-STOP_TIMEOUT_S = 8.0
+STOP_DEADLINE_S = 9.0  # exit within this long of SIGTERM (process managers wait 10 s by default)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,11 +92,29 @@ class Watchdog(threading.Thread):
         self.join()
 
 
-def on_stop_signal(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logger.info("received %s, stopping", signal.Signals(signum).name)
-    raise SystemExit(0)  # ends waitress's loop; it lets running requests finish
+class StopSignal:
+    """Handles SIGINT and SIGTERM: stop accepting tasks, end waitress's loop, remember when."""
+
+    def __init__(self, system: TaskSystem) -> None:
+        self._system = system
+        self.received_at: float | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        self.received_at = time.monotonic()
+        self._system.accepting = False  # submits from now on get 503 at once
+        raise SystemExit(0)  # ends waitress's loop; it lets running requests finish
+
+    def time_left(self) -> float:
+        """Of the STOP_DEADLINE_S the process has to exit in once signalled."""
+        spent = 0.0 if self.received_at is None else time.monotonic() - self.received_at
+        return max(1.0, STOP_DEADLINE_S - spent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
     server = None
     watchdog = Watchdog(system)
+    stop_signal = StopSignal(system)
     try:
         server = create_server(config, system)
-        signal.signal(signal.SIGTERM, on_stop_signal)
-        signal.signal(signal.SIGINT, on_stop_signal)
+        stop_signal.install()
         watchdog.start()
         logger.info(
             "task-queue ready on http://%s:%s (db %s, %d workers, schema v%d)",
@@ -135,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             server.close()
         if watchdog.is_alive():
             watchdog.stop()
-        system.stop(STOP_TIMEOUT_S)
+        system.stop(stop_signal.time_left())
     logger.info("stopped")
     return 1 if watchdog.failure else 0
 
