@@ -64,8 +64,13 @@ def waitress_options(config: Config) -> dict[str, Any]:
     }
 
 
-def create_server(config: Config, system: TaskSystem) -> Any:
+def tune_interpreter(config: Config) -> None:
+    """Interpreter settings for serving, shared with the benchmark's ceiling app."""
+    sys.setswitchinterval(config.server.switch_interval_us / 1_000_000)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N" under load
+
+
+def create_server(config: Config, system: TaskSystem) -> Any:
     return waitress.create_server(create_app(system), **waitress_options(config))
 
 
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"task-queue: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_interpreter(config)
     try:
         system = start_system(config)
     except Exception as e:  # noqa: BLE001 -- any failure to start is reported in one line, exit 1

@@ -2,7 +2,7 @@
 
     python -m bench.ceiling [--port 0]
 
-It runs with the service's own server settings (run.waitress_options), so the benchmark can
+It runs with the service's own server settings (run.waitress_options, run.tune_interpreter), so the benchmark can
 report the service's figures as ratios to what waitress and Falcon manage on this machine.
 """
 
@@ -16,7 +16,7 @@ import falcon
 import waitress
 
 from conf import load_config
-from run import waitress_options
+from run import tune_interpreter, waitress_options
 
 
 class Tasks:
@@ -31,10 +31,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    config = load_config()
+    tune_interpreter(config)
     app = falcon.App()
     app.add_route("/tasks", Tasks())
-    options = waitress_options(load_config()) | {"port": args.port}
+    options = waitress_options(config) | {"port": args.port}
     server = waitress.create_server(app, **options)
     logging.info("ceiling ready on http://%s:%s", options["host"], server.effective_port)
     try:

@@ -30,6 +30,7 @@ class ServerConfig:
     port: int
     threads: int
     connection_limit: int
+    switch_interval_us: int
     max_body_bytes: int
     submit_timeout_ms: int
     auth_token: str
@@ -83,6 +84,7 @@ class Config:
             "server.port": 0 <= self.server.port <= 65535,
             "server.threads": self.server.threads >= 1,
             "server.connection_limit": self.server.connection_limit >= 1,
+            "server.switch_interval_us": self.server.switch_interval_us >= 1,
             "server.max_body_bytes": self.server.max_body_bytes >= 1,
             "server.submit_timeout_ms": self.server.submit_timeout_ms >= 1,
             "server.stall_ms": self.server.stall_ms >= 1,
