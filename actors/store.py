@@ -138,10 +138,10 @@ class StoreActor(Actor):
                 )
             case RequeueUnfinished(max_attempts, reply_to):
                 self._requeue_unfinished(max_attempts)
-                reply_to.tell(Recovered(self._count_unfinished()))
+                _reply(reply_to, Recovered(self._count_unfinished()))
             case FetchReady(limit, reply_to):
                 self._commit()
-                reply_to.tell(self._fetch_ready(limit))
+                _reply(reply_to, self._fetch_ready(limit))
             case Flush():
                 self._commit()
             case RetryWrites():
@@ -201,7 +201,7 @@ class StoreActor(Actor):
             task = message.task
             stored_by_queue[message.reply_to].append(QueuedTask(task.id, task.action, task.payload, attempts=0))
         for queue, tasks in stored_by_queue.items():
-            queue.tell(TasksStored(tuple(tasks)))
+            _reply(queue, TasksStored(tuple(tasks)))
         for message in inserted:
             message.committed.set(None)
 
@@ -223,7 +223,7 @@ class StoreActor(Actor):
         for insert in inserted:
             insert.committed.set_exception((StoreError, StoreError("the store cannot write now"), None))
         if isinstance(message, FetchReady):  # nothing fetched: the queue asks again soon
-            message.reply_to.tell(ReadyTasks((), next_due_at=epoch_now() + RETRY_S))
+            _reply(message.reply_to, ReadyTasks((), next_due_at=epoch_now() + RETRY_S))
         if self._unsaved and self._retry_timer is None:
             self._retry_timer = tell_later(self.actor_ref, RetryWrites(), RETRY_S)
 
@@ -258,3 +258,12 @@ class StoreActor(Actor):
                 "SELECT MIN(available_at) FROM tasks WHERE status = 'queued' AND available_at > ?", (now,)
             ).fetchone()[0]
         return ReadyTasks(tuple(QueuedTask(*row) for row in rows), next_due_at)
+
+
+def _reply(to: pykka.ActorRef[Any], message: Any) -> None:
+    """Tell ``to``, unless it has stopped: a stopping queue must not take the store down with it,
+    since the store still has writes to commit. What the queue misses, a restart recovers."""
+    try:
+        to.tell(message)
+    except pykka.ActorDeadError:
+        logger.debug("%s stopped; %s not delivered", to, type(message).__name__)

@@ -148,3 +148,14 @@ def test_stopping_the_store_commits_what_it_holds(store, db_path):
     store.stop(timeout=10)
 
     assert row(db_path, "task-1")["status"] == "running"
+
+
+def test_the_store_outlives_a_queue_that_stopped_before_its_answer(store, db_path):
+    queue, _ = start_recorder()
+    queue.stop()
+
+    store.tell(FetchReady(10, queue))
+    insert(store, start_recorder()[0], new_task(1)).get(timeout=10)
+
+    assert store.is_alive()
+    assert row(db_path, "task-1") is not None
