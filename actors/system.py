@@ -123,12 +123,12 @@ class TaskSystem:
         workers: tuple[pykka.ActorRef[Any], ...] = ()
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             workers = self.queue.ask(Drain(), block=True, timeout=remaining())
+        self.reader.close()  # before the store: the last connection to close checkpoints the WAL away
         for ref in (*workers, self.queue, self.store):
             try:
                 ref.stop(timeout=remaining())
             except pykka.Timeout:
                 logger.warning("%s did not stop in time; its task stays unfinished and runs after a restart", ref)
-        self.reader.close()
 
 
 def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSystem:
