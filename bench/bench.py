@@ -82,7 +82,9 @@ def ratio(load: Load, ceiling: Load) -> str:
 def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
     ceiling_server = Server(["-m", "bench.ceiling"], workdir / "ceiling.log").start()
     try:
+        cpu_before = ceiling_server.cpu_seconds()
         ceiling = wrk(ceiling_server.url + "/tasks", seconds, connections)
+        ceiling_cpu_us = (ceiling_server.cpu_seconds() - cpu_before) / ceiling.requests * 1e6
     finally:
         ceiling_server.stop()
 
@@ -90,10 +92,12 @@ def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
     server = service(workdir, "throughput", db, "--work-delay-ms", "0")
     try:
         done_before = completed(db)
+        cpu_before = server.cpu_seconds()
         submit = wrk(server.url + "/tasks", seconds, connections)
         done = completed(db) - done_before
         backlog = health(server)["backlog"]
         wait_until(lambda: health(server)["backlog"] == 0, timeout=600, what="the backlog to drain")
+        task_cpu_us = (server.cpu_seconds() - cpu_before) / submit.requests * 1e6
         half = k6_post(server.url, seconds, submit.rate / 2, workdir)
     finally:
         server.stop()
@@ -113,6 +117,7 @@ def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
             f"{half.p95_ms:.1f} ms ({half.errors} errors)",
             "< 50 ms",
         ),
+        ("CPU per request: ceiling / a task, submit to done", f"{ceiling_cpu_us:.0f} / {task_cpu_us:.0f} us", ""),
     ]
 
 

@@ -175,6 +175,12 @@ class Server:
             raise RuntimeError(f"{self.args} exited:\n{self.log_path.read_text()}")
         return READY.search(self.log_path.read_text())
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, user and system."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         assert self.process is not None
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
