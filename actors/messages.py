@@ -102,6 +102,7 @@ class Ack:
     """From a worker: the task succeeded."""
 
     task_id: str
+    attempt: int  #: which attempt this answers; a late answer to an earlier one is ignored
     result: str  #: the result object as JSON text
 
 
@@ -110,6 +111,7 @@ class Nack:
     """From a worker: the task failed."""
 
     task_id: str
+    attempt: int
     error: str
     retryable: bool  #: False when retrying cannot help (the data is unusable)
 

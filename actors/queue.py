@@ -139,10 +139,10 @@ class QueueActor(Actor):
                 self._take_stored(tasks)
             case ReadyTasks(tasks, next_due_at):
                 self._take_ready(tasks, next_due_at)
-            case Ack(task_id, result):
-                self._ack(task_id, result)
-            case Nack(task_id, error, retryable):
-                self._nack(task_id, error, retryable)
+            case Ack(task_id, attempt, result):
+                self._ack(task_id, attempt, result)
+            case Nack(task_id, attempt, error, retryable):
+                self._nack(task_id, attempt, error, retryable)
             case Wake():
                 self._wake_timer = self._wake_at = None
                 self._backlog = True
@@ -191,24 +191,23 @@ class QueueActor(Actor):
         if next_due_at is not None:
             self._schedule_wake(next_due_at)
 
-    def _settle(self, task_id: str) -> int | None:
-        """Forget a task that came back from its worker; return the attempt it was on."""
-        slot = self._in_flight.pop(task_id, None)
-        if slot is None:
-            logger.warning("task %s: reply for a task that is not in flight, ignored", task_id)
-            return None
-        worker, attempt = slot
-        self._load[worker] -= 1
-        return attempt
+    def _settle(self, task_id: str, attempt: int) -> bool:
+        """Forget a task that came back from its worker, unless the answer is for another attempt."""
+        slot = self._in_flight.get(task_id)
+        if slot is None or slot[1] != attempt:
+            logger.warning("task %s: answer to attempt %d, which is not in flight, ignored", task_id, attempt)
+            return False
+        del self._in_flight[task_id]
+        self._load[slot[0]] -= 1
+        return True
 
-    def _ack(self, task_id: str, result: str) -> None:
-        if self._settle(task_id) is not None:
+    def _ack(self, task_id: str, attempt: int, result: str) -> None:
+        if self._settle(task_id, attempt):
             self._unfinished -= 1
             self._store.tell(CompleteTask(task_id, result, utc_now()))
 
-    def _nack(self, task_id: str, error: str, retryable: bool) -> None:
-        attempt = self._settle(task_id)
-        if attempt is None:
+    def _nack(self, task_id: str, attempt: int, error: str, retryable: bool) -> None:
+        if not self._settle(task_id, attempt):
             return
         logger.debug("task %s: attempt %d failed: %s", task_id, attempt, error)  # may quote task data
         if retryable and attempt < self._settings.max_attempts:
@@ -227,7 +226,7 @@ class QueueActor(Actor):
         if worker not in self._workers:
             return  # already replaced
         slot = self._workers.index(worker)
-        lost = [task_id for task_id, (held_by, _) in self._in_flight.items() if held_by == slot]
+        lost = [(task_id, attempt) for task_id, (held_by, attempt) in self._in_flight.items() if held_by == slot]
         if self._draining:
             logger.error(
                 "worker %d failed while stopping (%s); its %d tasks run after a restart", slot, error, len(lost)
@@ -252,8 +251,8 @@ class QueueActor(Actor):
             self._pool.restart_window_s,
             len(lost),
         )
-        for task_id in lost:
-            self._nack(task_id, f"the worker running it failed: {error}", retryable=True)
+        for task_id, attempt in lost:
+            self._nack(task_id, attempt, f"the worker running it failed: {error}", retryable=True)
 
     def _dispatch(self) -> None:
         if self._draining:

@@ -4,26 +4,27 @@ Protocol
     receives  :class:`~actors.messages.Execute`
     sends     :class:`~actors.messages.Ack` with the result, or :class:`~actors.messages.Nack`
               with the error, to ``Execute.reply_to``;
-              :class:`~actors.messages.WorkerFailed` to its supervisor if it dies
+              :class:`~actors.messages.WorkerFailed` to its supervisor if it dies or is stuck
     replies   nothing
 
 A failing action is a nack, never a dead worker: every exception an action raises becomes
 a Nack (retryable unless it is :class:`~actors.actions.InvalidTaskData`).
 
-Actions run on the worker's own action thread, so the worker can stop waiting for one that
-runs past its timeout: the task is nacked (and retried), the stuck thread is interrupted
-where Python allows it (an exception raised into it, as Dramatiq does) and abandoned, and a
-fresh action thread takes its place. A worker whose start-up fails, or that raises outside
-an action, tells its supervisor (the queue), which starts a new one.
+Timeouts: each worker has a stopwatch thread. When a task runs past its timeout, the
+stopwatch raises :class:`TaskTimedOut` inside it (as Dramatiq does), so the task is nacked
+and retried and the worker goes on. Python delivers that exception only between bytecodes:
+an action blocked in C (a socket read without a timeout, say) does not see it. If the task
+is still running a grace period later, the stopwatch reports the worker as stuck; its
+supervisor (the queue) starts another in its place and retries the tasks it held, and the
+stuck worker, should it ever return, runs nothing more. A worker whose start-up fails, or
+that raises outside an action, tells its supervisor too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -40,55 +41,49 @@ __all__ = ["TaskTimedOut", "WorkerActor"]
 
 logger = logging.getLogger(__name__)
 
-_thread_numbers = itertools.count(1)
+POLL_S = 0.05  # how often a stopwatch looks at the clock
+GRACE_S = 1.0  # how long an interrupted task has to return before its worker counts as stuck
 
 
 class TaskTimedOut(Exception):
     """Raised inside an action that ran past its timeout, to stop it."""
 
 
-class ActionThread:
-    """A daemon thread that runs the calls its worker hands it, one at a time.
+class Stopwatch(threading.Thread):
+    """Watches the task its worker runs: interrupts it at its deadline, reports it stuck after."""
 
-    Calls and results pass through two ``queue.SimpleQueue`` (written in C: a hand-off costs
-    a few microseconds, a Future several times that).
-    """
+    def __init__(self, worker_thread: int, on_stuck: Callable[[str], None], grace_s: float) -> None:
+        super().__init__(name=f"stopwatch-{worker_thread}", daemon=True)
+        self._worker_thread = worker_thread
+        self._on_stuck = on_stuck
+        self._grace_s = grace_s
+        self._running: tuple[int, str, float] | None = None  # (run number, task id, deadline)
+        self._stopped = threading.Event()
 
-    def __init__(self) -> None:
-        self._calls: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
-        self._results: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()  # (raised, value)
-        self._thread = threading.Thread(target=self._loop, name=f"action-thread-{next(_thread_numbers)}", daemon=True)
-        self._thread.start()
+    def begin(self, run: int, task_id: str, timeout_s: float) -> None:
+        self._running = (run, task_id, time.monotonic() + timeout_s)
 
-    def call(self, function: Callable[[], Any], timeout_s: float) -> Any:
-        """Run ``function`` on this thread; raise TimeoutError if it takes over ``timeout_s``."""
-        self._calls.put(function)
-        try:
-            raised, value = self._results.get(timeout=timeout_s)
-        except queue.Empty:
-            raise TimeoutError from None
-        if raised:
-            raise value
-        return value
+    def end(self) -> None:
+        self._running = None
 
     def stop(self) -> None:
-        self._calls.put(None)
+        self._stopped.set()
 
-    def abandon(self) -> None:
-        """Interrupt the call running now, where Python can, and let the thread end."""
-        self.stop()
-        if self._thread.ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self._thread.ident), ctypes.py_object(TaskTimedOut)
-            )
-
-    def _loop(self) -> None:
-        with contextlib.suppress(TaskTimedOut):  # an interrupt that came between two calls
-            while (function := self._calls.get()) is not None:
-                try:
-                    self._results.put((False, function()))
-                except BaseException as e:  # noqa: BLE001 -- handed to the waiting worker
-                    self._results.put((True, e))
+    def run(self) -> None:
+        interrupted = 0
+        while not self._stopped.wait(POLL_S):
+            running = self._running
+            if running is None or time.monotonic() < running[2]:
+                continue
+            run, task_id, deadline = running
+            if run != interrupted:
+                interrupted = run
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self._worker_thread), ctypes.py_object(TaskTimedOut)
+                )
+            elif time.monotonic() > deadline + self._grace_s:
+                self._on_stuck(task_id)
+                return
 
 
 class WorkerActor(Actor):
@@ -102,30 +97,40 @@ class WorkerActor(Actor):
         work_delay_s: float = 0.0,
         task_timeout_s: float = 60.0,
         supervisor: pykka.ActorRef[Any] | None = None,
+        grace_s: float = GRACE_S,
     ) -> None:
         super().__init__()
         self._actions = actions
         self._work_delay_s = work_delay_s
         self._task_timeout_s = task_timeout_s
         self._supervisor = supervisor
-        self._action_thread: ActionThread | None = None
+        self._grace_s = grace_s
+        self._stopwatch: Stopwatch | None = None
+        self._runs = 0
+        self._stuck = False  # set by the stopwatch: this worker has been replaced
 
     def on_start(self) -> None:
         try:
-            self._action_thread = self._start_action_thread()
+            self._actions.run_setups()
         except Exception as e:
-            self._report_failure(e)
+            self._report_failure(f"{type(e).__name__}: {e}")
             raise
+        self._stopwatch = Stopwatch(threading.get_ident(), self._give_up, self._grace_s)
+        self._stopwatch.start()
 
     def on_stop(self) -> None:
-        if self._action_thread is not None:
-            self._action_thread.stop()
+        if self._stopwatch is not None:
+            self._stopwatch.stop()
+            self._stopwatch.join()
 
     def on_failure(self, exception_type: Any, exception: Any, traceback: Any) -> None:
         self.on_stop()
-        self._report_failure(exception)
+        self._report_failure(f"{type(exception).__name__}: {exception}")
 
     def on_receive(self, message: Any) -> None:
+        if self._stuck:  # replaced while stuck: run nothing more
+            self.stop()
+            return
         match message:
             case Execute(task, reply_to):
                 reply = self._run(task)
@@ -133,44 +138,42 @@ class WorkerActor(Actor):
                     reply_to.tell(reply)
                 except pykka.ActorDeadError:  # shutting down: the task stays running and runs again
                     logger.warning("task %s: finished after the queue stopped; it will run again", task.id)
-                if self._action_thread is None:  # abandoned by a timeout
-                    self._action_thread = self._start_action_thread()
             case _:
                 raise TypeError(f"unexpected message {type(message).__name__}")
 
-    def _start_action_thread(self) -> ActionThread:
-        thread = ActionThread()
-        try:
-            thread.call(self._actions.run_setups, self._task_timeout_s)
-        except BaseException:
-            thread.abandon()
-            raise
-        return thread
-
     def _run(self, task: QueuedTask) -> Ack | Nack:
-        assert self._action_thread is not None
+        assert self._stopwatch is not None
         if self._work_delay_s:
             time.sleep(self._work_delay_s)  # the tutorial's simulated work
         action, timeout_s = self._actions.lookup(task.action)
         timeout_s = timeout_s or self._task_timeout_s
+        attempt = task.attempts + 1
+        self._runs += 1
+        self._stopwatch.begin(self._runs, task.id, timeout_s)
         try:
-            result = self._action_thread.call(lambda: action(orjson.loads(task.payload)), timeout_s)
+            result = action(orjson.loads(task.payload))
             if not isinstance(result, dict):
                 raise InvalidTaskData(f"action {task.action!r} returned {type(result).__name__}, not an object")
-            return Ack(task.id, orjson.dumps(result).decode())
-        except TimeoutError:
-            logger.warning("task %s: timed out after %g s; its action thread is abandoned", task.id, timeout_s)
-            self._action_thread.abandon()
-            self._action_thread = None
-            return Nack(task.id, f"timed out after {timeout_s:g} s", retryable=True)
+            return Ack(task.id, attempt, orjson.dumps(result).decode())
+        except TaskTimedOut:
+            logger.warning("task %s: timed out after %g s", task.id, timeout_s)
+            return Nack(task.id, attempt, f"timed out after {timeout_s:g} s", retryable=True)
         except (InvalidTaskData, orjson.JSONEncodeError) as e:
-            return Nack(task.id, str(e), retryable=False)
+            return Nack(task.id, attempt, str(e), retryable=False)
         except Exception as e:
             logger.warning("task %s: action %r raised %s", task.id, task.action, type(e).__name__)
             logger.debug("task %s: traceback", task.id, exc_info=True)
-            return Nack(task.id, f"{type(e).__name__}: {e}", retryable=True)
+            return Nack(task.id, attempt, f"{type(e).__name__}: {e}", retryable=True)
+        finally:
+            self._stopwatch.end()
 
-    def _report_failure(self, error: BaseException | None) -> None:
+    def _give_up(self, task_id: str) -> None:
+        """Run by the stopwatch: the task ignored its interrupt; let the supervisor replace us."""
+        self._stuck = True
+        logger.error("task %s: still running after its timeout and interrupt; the worker is stuck", task_id)
+        self._report_failure(f"stuck in task {task_id} past its timeout")
+
+    def _report_failure(self, error: str) -> None:
         if self._supervisor is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                self._supervisor.tell(WorkerFailed(self.actor_ref, f"{type(error).__name__}: {error}"))
+                self._supervisor.tell(WorkerFailed(self.actor_ref, error))

@@ -41,7 +41,7 @@ def test_submits_beyond_the_backlog_bound_are_refused_until_tasks_finish(store):
     with pytest.raises(QueueFull):
         submit(queue, 3)
 
-    queue.tell(Ack(receive(inbox, Execute).task.id, "{}"))
+    queue.tell(Ack(receive(inbox, Execute).task.id, 1, "{}"))
     submit(queue, 4)
     assert queue.ask(Inspect(), timeout=10).unfinished == 3
 

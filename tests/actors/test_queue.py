@@ -89,7 +89,7 @@ def test_at_most_prefetch_tasks_are_in_flight_across_the_workers(store, fake_wor
     assert [e.task.id for e in executes] == ids[:5]
     assert inbox.empty()
 
-    queue.tell(Ack(ids[0], "{}"))
+    queue.tell(Ack(ids[0], 1, "{}"))
 
     assert receive(inbox, Execute).task.id == ids[5]
     assert state(queue).in_flight == 5
@@ -117,7 +117,7 @@ def test_an_ack_completes_the_task_with_its_result(store, fake_workers, db_path)
     task_id = submit(queue, 1)
     receive(inbox, Execute)
 
-    queue.tell(Ack(task_id, '{"output": "T1"}'))
+    queue.tell(Ack(task_id, 1, '{"output": "T1"}'))
 
     done = wait_until(lambda: (r := row(db_path, task_id))["status"] == "completed" and r, what="completion")
     assert orjson.loads(done["result"]) == {"output": "T1"}
@@ -133,7 +133,7 @@ def test_a_nack_is_retried_until_max_attempts_then_dead_lettered(store, fake_wor
     for attempt in (1, 2, 3):
         execute = receive(inbox, Execute)
         assert (execute.task.id, execute.task.attempts) == (task_id, attempt - 1)
-        queue.tell(Nack(task_id, f"RuntimeError: try {attempt}", retryable=True))
+        queue.tell(Nack(task_id, attempt, f"RuntimeError: try {attempt}", retryable=True))
 
     failed = wait_until(lambda: (r := row(db_path, task_id))["status"] == "failed" and r, what="dead letter")
     assert (failed["attempts"], failed["error"]) == (3, "RuntimeError: try 3")
@@ -147,7 +147,7 @@ def test_a_nack_that_cannot_be_retried_fails_at_once(store, fake_workers, db_pat
     task_id = submit(queue, 1)
     receive(inbox, Execute)
 
-    queue.tell(Nack(task_id, "sum needs data.numbers", retryable=False))
+    queue.tell(Nack(task_id, 1, "sum needs data.numbers", retryable=False))
 
     failed = wait_until(lambda: (r := row(db_path, task_id))["status"] == "failed" and r, what="failure")
     assert (failed["attempts"], failed["error"]) == (1, "sum needs data.numbers")
@@ -160,7 +160,7 @@ def test_a_retry_waits_for_its_backoff(store, fake_workers):
     receive(inbox, Execute)
 
     nacked_at = time.monotonic()
-    queue.tell(Nack(task_id, "flaky", retryable=True))
+    queue.tell(Nack(task_id, 1, "flaky", retryable=True))
 
     retry = receive(inbox, Execute)
     assert retry.task.id == task_id
@@ -193,3 +193,19 @@ def test_a_backlog_larger_than_the_window_is_paged_from_the_store_in_order(store
     finished = sorted(ids, key=lambda i: row(db_path, i)["processed_at"])
     assert finished == ids
     assert state(queue).ready == 0
+
+
+def test_a_late_answer_to_an_earlier_attempt_is_ignored(store, fake_workers, db_path):
+    start_worker, inbox = fake_workers
+    queue = QueueActor.start(store, start_worker, settings(), pool())
+    task_id = submit(queue, 1)
+    receive(inbox, Execute)
+    queue.tell(Nack(task_id, 1, "flaky", retryable=True))
+    assert receive(inbox, Execute).task.attempts == 1  # the second attempt is running
+
+    queue.tell(Ack(task_id, 1, '{"late": true}'))  # the first attempt's worker, late
+
+    assert state(queue).in_flight == 1
+    queue.tell(Ack(task_id, 2, '{"output": "T1"}'))
+    done = wait_until(lambda: (r := row(db_path, task_id))["status"] == "completed" and r, what="completion")
+    assert orjson.loads(done["result"]) == {"output": "T1"}

@@ -66,7 +66,7 @@ def test_an_exception_in_an_action_is_a_retryable_nack_not_a_dead_worker():
 
     reply = run("explode", {}, actions)
 
-    assert reply == Nack("t1", "RuntimeError: boom", retryable=True)
+    assert reply == Nack("t1", 1, "RuntimeError: boom", retryable=True)
 
 
 def test_an_action_that_returns_no_object_fails_the_task():
@@ -132,7 +132,7 @@ def test_a_task_past_its_timeout_is_a_retryable_nack_and_the_worker_goes_on():
     worker.tell(Execute(QueuedTask("t1", "stuck", "{}", 0), queue))
     worker.tell(Execute(QueuedTask("t2", "other", "{}", 0), queue))
 
-    assert receive(inbox, Nack) == Nack("t1", "timed out after 0.2 s", retryable=True)
+    assert receive(inbox, Nack) == Nack("t1", 1, "timed out after 0.2 s", retryable=True)
     assert time.monotonic() - started < 5
     assert receive(inbox, Ack).task_id == "t2"
     assert worker.is_alive()
@@ -184,3 +184,26 @@ def test_a_worker_that_raises_outside_an_action_tells_its_supervisor():
 
     assert receive(inbox, WorkerFailed).worker == worker
     assert worker.actor_stopped.wait(10)
+
+
+def test_a_worker_stuck_where_the_interrupt_cannot_reach_is_reported_and_runs_nothing_more():
+    actions = ActionRegistry(default_action)
+    release = threading.Event()
+
+    @actions.action("blocked", timeout_s=0.1)
+    def blocked(data):
+        release.wait()  # blocked in C: the interrupt waits until it returns
+        return {}
+
+    supervisor, inbox = start_recorder()
+    worker = WorkerActor.start(actions, supervisor=supervisor, grace_s=0.1)
+    worker.tell(Execute(QueuedTask("t1", "blocked", "{}", 0), supervisor))
+    worker.tell(Execute(QueuedTask("t2", "other", "{}", 0), supervisor))
+
+    failed = receive(inbox, WorkerFailed)
+    assert failed == WorkerFailed(worker, "stuck in task t1 past its timeout")
+    release.set()
+
+    assert receive(inbox, Nack) == Nack("t1", 1, "timed out after 0.1 s", retryable=True)
+    assert worker.actor_stopped.wait(10)
+    assert inbox.empty(), "t2 was not run by the stuck worker"
