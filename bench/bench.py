@@ -26,15 +26,15 @@ import orjson
 from actors.db import utc_now
 from actors.messages import Migrate
 from actors.migration import MigrationActor
-from bench.tools import Load, Server, hey_get, k6_post, post_tasks, wrk
+from bench.tools import Load, hey_get, k6_post, post_tasks, wrk
+from tests.e2e.service import Server, Service
 from tests.helpers import wait_until
 
 Row = tuple[str, str, str]  # figure, value, target
 
 
-def service(workdir: Path, name: str, db: Path, *flags: str, env: dict[str, str] | None = None) -> Server:
-    args = ["run.py", "--port", "0", "--db", str(db), *flags]
-    return Server(args, workdir / f"{name}.log", env).start(timeout=120)
+def service(workdir: Path, name: str, db: Path, *flags: str) -> Service:
+    return Service(str(db), workdir / f"{name}.log", *flags).start(timeout=120)
 
 
 def health(server: Server) -> dict[str, int]:
@@ -86,7 +86,7 @@ def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
         ceiling = wrk(ceiling_server.url + "/tasks", seconds, connections)
         ceiling_cpu_us = (ceiling_server.cpu_seconds() - cpu_before) / ceiling.requests * 1e6
     finally:
-        ceiling_server.stop()
+        ceiling_server.shut()
 
     db = workdir / "throughput.db"
     server = service(workdir, "throughput", db, "--work-delay-ms", "0")
@@ -100,7 +100,7 @@ def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
         task_cpu_us = (server.cpu_seconds() - cpu_before) / submit.requests * 1e6
         half = k6_post(server.url, seconds, submit.rate / 2, workdir)
     finally:
-        server.stop()
+        server.shut()
     completion = Load(done, 0, submit.seconds, 0, 0)
     return [
         ("ceiling app: POST /tasks", f"{ceiling.rate:,.0f}/s, p95 {ceiling.p95_ms:.1f} ms", "(reference)"),
@@ -130,7 +130,7 @@ def big_table(workdir: Path, rows: int, requests: int) -> list[Row]:
         listing = hey_get(server.url + "/tasks?status=completed", requests, 1)
         one = hey_get(server.url + f"/tasks/{task_id}", requests, 1)
     finally:
-        server.stop()
+        server.shut()
 
     waiting = workdir / "waiting.db"
     fill(waiting, rows, "queued")
@@ -140,7 +140,7 @@ def big_table(workdir: Path, rows: int, requests: int) -> list[Row]:
         wait_until(lambda: health(server)["in_flight"] > 0, timeout=60, what="work to start")
         rss = server.rss_mb()
     finally:
-        server.stop()
+        server.shut()
     return [
         (
             f"GET /tasks?status=completed p95, {rows:,} rows",
@@ -162,7 +162,7 @@ def tutorial_pace(workdir: Path, tasks: int) -> list[Row]:
         wait_until(lambda: completed(db) >= tasks, timeout=tasks, what="the tutorial's tasks")
         rate = tasks / (time.monotonic() - started)
     finally:
-        server.stop()
+        server.shut()
     return [("100 ms tasks, 2 workers: completion rate", f"{rate:.1f} tasks/s ({tasks} tasks)", ">= 19/s")]
 
 

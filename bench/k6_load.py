@@ -18,7 +18,8 @@ from pathlib import Path
 
 import orjson
 
-from bench.tools import ROOT, Server, k6_binary
+from bench.tools import k6_binary
+from tests.e2e.service import ROOT, Server
 
 SCRIPT = ROOT / "bench" / "k6" / "tutorial.js"
 
@@ -38,7 +39,7 @@ def run_peak(workdir: Path, peak: int, hold: int) -> tuple[str, ...]:
             timeout=hold * 3 + 120,
         )
     finally:
-        server.stop()
+        server.shut()
     metrics = orjson.loads(summary.read_bytes())["metrics"]
     submit = metrics["http_req_duration{scenario:blast}"]
     readers = metrics["http_req_duration{scenario:readers}"]

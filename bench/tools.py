@@ -7,20 +7,15 @@ import http.client
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
 
-from tests.helpers import wait_until
-
-ROOT = Path(__file__).resolve().parents[1]
-READY = re.compile(r"ready on (http://[\d.]+:\d+)")
+from tests.e2e.service import ROOT
 
 # wrk runs this script: POSTs of the tutorial's three kinds of task, and a JSON summary at the end.
 WRK_POST = """
@@ -146,53 +141,3 @@ def post_tasks(url: str, count: int) -> None:
         if response.status != 202:
             raise RuntimeError(f"POST /tasks answered {response.status}")
     conn.close()
-
-
-class Server:
-    """A server process (the service or the ceiling app) that prints a ready line with its URL."""
-
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.args = args
-        self.log_path = log_path
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.started_in_s = 0.0
-
-    def start(self, timeout: float = 60) -> Server:
-        started = time.monotonic()
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=self.env
-            )
-        self.url = wait_until(self._ready, timeout=timeout, what=f"{self.args} to be ready").group(1)
-        self.started_in_s = time.monotonic() - started
-        return self
-
-    def _ready(self) -> re.Match[str] | None:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.args} exited:\n{self.log_path.read_text()}")
-        return READY.search(self.log_path.read_text())
-
-    def cpu_seconds(self) -> float:
-        """CPU time the process has used so far, user and system."""
-        assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_mb(self) -> float:
-        assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()

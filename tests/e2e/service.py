@@ -1,13 +1,15 @@
-"""Runs ``python run.py`` as a real process on a free port, and talks to it over real HTTP."""
+"""Runs the service (or another server of ours) as a real process, and talks to it over real HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,48 +21,78 @@ ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"ready on (http://[\d.]+:\d+)")
 
 
-class Service:
-    """One run of the service; ``start`` waits for its ready line, ``stop`` sends SIGTERM."""
+class Server:
+    """A Python process that logs ``ready on http://host:port``; ``start`` waits for that line."""
 
-    def __init__(self, db_path: str, log_path: Path, *flags: str) -> None:
-        self.db_path = db_path
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
         self.log_path = log_path
-        self.flags = flags
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.started_in_s = 0.0
 
-    def start(self) -> Service:
-        self.log_path.write_text("")
-        with self.log_path.open("ab") as log:
+    def start(self, timeout: float = 60) -> Server:
+        started = time.monotonic()
+        with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "run.py", "--port", "0", "--db", self.db_path, *self.flags],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                [sys.executable, *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=self.env
             )
-        match = wait_until(self._ready_line, what="the service's ready line")
-        self.url = match.group(1)
+        self.url = wait_until(self._ready_line, timeout=timeout, what=f"the ready line of {self.args}").group(1)
+        self.started_in_s = time.monotonic() - started
         return self
 
     def _ready_line(self) -> re.Match[str] | None:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"the service exited with {self.process.returncode}:\n{self.log()}")
+            raise AssertionError(f"{self.args} exited with {self.process.returncode}:\n{self.log()}")
         return READY.search(self.log())
 
     def log(self) -> str:
         return self.log_path.read_text()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Send ``sig`` and return the exit code; raises TimeoutExpired if it takes over ``timeout``."""
         assert self.process is not None
         self.process.send_signal(sig)
         return self.process.wait(timeout)
 
     def kill(self) -> None:
+        """Make sure the process is gone (for clean-up; it may have stopped already)."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+    def shut(self) -> None:
+        """Stop with SIGTERM, killing it if it takes too long: clean-up after a benchmark."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.stop(timeout=15)
+        self.kill()
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, user and system."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+
+class Service(Server):
+    """``python run.py`` on a free port and the given database."""
+
+    def __init__(self, db_path: str, log_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(["run.py", "--port", "0", "--db", db_path, *flags], log_path, env)
+        self.db_path = db_path
+
+    def start(self, timeout: float = 60) -> Service:
+        super().start(timeout)
+        return self
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         status, answer, _ = self.call(method, path, body)
