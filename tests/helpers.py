@@ -66,14 +66,6 @@ def row(db_path: str, task_id: str) -> sqlite3.Row | None:
         conn.close()
 
 
-def count(db_path: str, where: str = "1", params: tuple[Any, ...] = ()) -> int:
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(f"SELECT COUNT(*) FROM tasks WHERE {where}", params).fetchone()[0]
-    finally:
-        conn.close()
-
-
 LOCK_SCRIPT = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
