@@ -24,6 +24,7 @@ from actors.messages import Drain, Inspect, Migrate, NewTask, QueueState, Submit
 from actors.migration import MigrationActor
 from actors.queue import QueueActor, QueueFull, ShuttingDown
 from actors.reader import TaskReader
+from actors.signal import CommitSignal
 from actors.store import StoreActor, StoreError
 from actors.worker import WorkerActor
 from conf import Config
@@ -73,7 +74,12 @@ class TaskSystem:
 
     def _stalled(self) -> int:
         stalled_since = time.monotonic() - self.config.server.stall_ms / 1000
-        return sum(started <= stalled_since for started in self._waiting.values())
+        stalled = 0
+        for started in self._waiting.values():  # oldest first: dicts keep the order of insertion
+            if started > stalled_since:
+                break
+            stalled += 1
+        return stalled
 
     @property
     def pending_submits(self) -> tuple[int, int]:
@@ -82,7 +88,7 @@ class TaskSystem:
             return len(self._waiting), self._stalled()
 
     def _submit(self, task: NewTask) -> None:
-        committed: pykka.Future[None] = pykka.ThreadingFuture()
+        committed = CommitSignal()
         try:
             self.queue.tell(Submit(task, committed))
             committed.get(timeout=self.config.server.submit_timeout_ms / 1000)
