@@ -82,9 +82,10 @@ def ratio(load: Load, ceiling: Load) -> str:
 def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
     ceiling_server = Server(["-m", "bench.ceiling"], workdir / "ceiling.log").start()
     try:
-        cpu_before = ceiling_server.cpu_seconds()
+        cpu_before, switches_before = ceiling_server.cpu_seconds(), ceiling_server.context_switches()
         ceiling = wrk(ceiling_server.url + "/tasks", seconds, connections)
         ceiling_cpu_us = (ceiling_server.cpu_seconds() - cpu_before) / ceiling.requests * 1e6
+        ceiling_switches = (ceiling_server.context_switches() - switches_before) / ceiling.requests
     finally:
         ceiling_server.shut()
 
@@ -92,12 +93,13 @@ def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
     server = service(workdir, "throughput", db, "--work-delay-ms", "0")
     try:
         done_before = completed(db)
-        cpu_before = server.cpu_seconds()
+        cpu_before, switches_before = server.cpu_seconds(), server.context_switches()
         submit = wrk(server.url + "/tasks", seconds, connections)
         done = completed(db) - done_before
         backlog = health(server)["backlog"]
         wait_until(lambda: health(server)["backlog"] == 0, timeout=600, what="the backlog to drain")
         task_cpu_us = (server.cpu_seconds() - cpu_before) / submit.requests * 1e6
+        task_switches = (server.context_switches() - switches_before) / submit.requests
         half = k6_post(server.url, seconds, submit.rate / 2, workdir)
     finally:
         server.shut()
@@ -118,6 +120,7 @@ def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
             "< 50 ms",
         ),
         ("CPU per request: ceiling / a task, submit to done", f"{ceiling_cpu_us:.0f} / {task_cpu_us:.0f} us", ""),
+        ("context switches per request: ceiling / a task", f"{ceiling_switches:.1f} / {task_switches:.1f}", ""),
     ]
 
 
