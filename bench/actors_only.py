@@ -1,0 +1,144 @@
+"""What the actors cost per task without HTTP, next to what one thread round trip costs.
+
+    python -m bench.actors_only [--tasks 20000] [--threads 32] [--trials 5]
+
+Each trial is a process of its own. "actors" starts the real system (SQLite file, store,
+queue, two workers, work delay 0) and has ``--threads`` threads call ``TaskSystem.submit``
+(the call the HTTP resource makes) until ``--tasks`` tasks are committed, then waits for all
+of them to be completed in the store. "round trip" is the yardstick: the same threads each
+hand a lock to one other thread through a queue and wait for it to be released, the least
+two threads can do to pass a request and its answer. Printed: CPU time (user and system)
+and context switches of the whole process per task, median and best of the trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from actors import start_system
+from actors.db import utc_now
+from actors.messages import NewTask
+from conf import load_config
+from tests.helpers import wait_until
+
+Trial = Callable[[int, int], None]  # (tasks, threads) -> None
+
+
+def in_threads(threads: int, each: int, work: Callable[[], None]) -> None:
+    def loop() -> None:
+        for _ in range(each):
+            work()
+
+    running = [threading.Thread(target=loop) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+
+
+def actors(tasks: int, threads: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = str(Path(tmp) / "tasks.db")
+        config = load_config(overrides={"store": {"path": db}, "workers": {"work_delay_ms": 0}})
+        sys.setswitchinterval(config.server.switch_interval_us / 1_000_000)
+        system = start_system(config)
+
+        def submit() -> None:
+            system.submit(NewTask(str(uuid.uuid4()), "uppercase", '{"text": "hello world"}', utc_now()))
+
+        try:
+            in_threads(threads, tasks // threads, submit)
+            conn = sqlite3.connect(db)
+            done = "SELECT COUNT(*) FROM tasks WHERE status = 'completed'"
+            wait_until(lambda: conn.execute(done).fetchone()[0] == tasks, timeout=600, what="the tasks to complete")
+            conn.close()
+        finally:
+            system.stop()
+
+
+def round_trip(tasks: int, threads: int) -> None:
+    requests: queue.SimpleQueue[threading.Lock | None] = queue.SimpleQueue()
+
+    def serve() -> None:
+        while (answer := requests.get()) is not None:
+            answer.release()
+
+    def ask() -> None:
+        answer = threading.Lock()
+        answer.acquire()
+        requests.put(answer)
+        answer.acquire()
+
+    server = threading.Thread(target=serve)
+    server.start()
+    in_threads(threads, tasks // threads, ask)
+    requests.put(None)
+    server.join()
+
+
+TRIALS: dict[str, Trial] = {"round trip": round_trip, "actors": actors}
+
+
+def run_trial(name: str, tasks: int, threads: int) -> None:
+    """In this process: run one trial and print its CPU and context switches per task as JSON."""
+    tasks -= tasks % threads
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    TRIALS[name](tasks, threads)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    switches = (after.ru_nvcsw + after.ru_nivcsw) - (before.ru_nvcsw + before.ru_nivcsw)
+    print(orjson.dumps({"cpu_us": cpu_s / tasks * 1e6, "switches": switches / tasks}).decode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--trial", choices=TRIALS, help=argparse.SUPPRESS)  # one trial, in this process
+    args = parser.parse_args()
+    if args.trial:
+        run_trial(args.trial, args.tasks, args.threads)
+        return
+
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in TRIALS}
+    for _ in range(args.trials):  # interleaved, so both see the same noise
+        for name in TRIALS:
+            command = [sys.executable, "-m", "bench.actors_only", "--trial", name, "--tasks", str(args.tasks)]
+            out = subprocess.run([*command, "--threads", str(args.threads)], capture_output=True, check=True)
+            results[name].append(orjson.loads(out.stdout.splitlines()[-1]))
+
+    yardstick = statistics.median(r["cpu_us"] for r in results["round trip"])
+    rows = [("", "CPU per task", "context switches per task", "CPU in round trips")]
+    for name, runs in results.items():
+        cpu = [r["cpu_us"] for r in runs]
+        switches = [r["switches"] for r in runs]
+        rows.append(
+            (
+                name,
+                f"{statistics.median(cpu):.0f} us ({min(cpu):.0f} us)",
+                f"{statistics.median(switches):.1f} ({min(switches):.1f})",
+                f"{statistics.median(cpu) / yardstick:.1f}",
+            )
+        )
+    print(f"{args.tasks:,} tasks from {args.threads} threads, {args.trials} trials: median (best)")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
