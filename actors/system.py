@@ -20,11 +20,11 @@ from typing import Any
 import pykka
 
 from actors.actions import ActionRegistry, registry
+from actors.commit_signal import CommitSignal
 from actors.messages import Drain, Inspect, Migrate, NewTask, QueueState, Submit
 from actors.migration import MigrationActor
 from actors.queue import QueueActor, QueueFull, ShuttingDown
 from actors.reader import TaskReader
-from actors.signal import CommitSignal
 from actors.store import StoreActor, StoreError
 from actors.worker import WorkerActor
 from conf import Config

@@ -6,7 +6,7 @@ import threading
 import pykka
 import pytest
 
-from actors.signal import CommitSignal
+from actors.commit_signal import CommitSignal
 from actors.store import StoreError
 
 
