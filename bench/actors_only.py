@@ -14,6 +14,7 @@ and context switches of the whole process per task, median and best of the trial
 from __future__ import annotations
 
 import argparse
+import contextlib
 import queue
 import resource
 import sqlite3
@@ -61,10 +62,9 @@ def actors(tasks: int, threads: int) -> None:
 
         try:
             in_threads(threads, tasks // threads, submit)
-            conn = sqlite3.connect(db)
             done = "SELECT COUNT(*) FROM tasks WHERE status = 'completed'"
-            wait_until(lambda: conn.execute(done).fetchone()[0] == tasks, timeout=600, what="the tasks to complete")
-            conn.close()
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                wait_until(lambda: conn.execute(done).fetchone()[0] == tasks, timeout=600, what="the tasks to complete")
         finally:
             system.stop()
 

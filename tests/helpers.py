@@ -30,6 +30,14 @@ def wait_until(condition: Callable[[], T | None], timeout: float = DEADLINE_S, w
         time.sleep(0.005)
 
 
+def busy_for(seconds: float) -> None:
+    """Run Python code for ``seconds``, as an action that ignores its timeout does; unlike one long
+    sleep, it can be interrupted between bytecodes."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class Recorder(pykka.ThreadingActor):
     """Stands in for an actor: every message it receives goes to ``inbox`` for the test to read."""
 

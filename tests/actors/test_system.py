@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from actors import TaskSystem, start_system
 from actors.actions import ActionRegistry, default_action
 from actors.db import utc_now
 from actors.messages import NewTask
-from tests.helpers import row, wait_until
+from tests.helpers import busy_for, row, wait_until
 
 
 def submit(system: TaskSystem, task_id: str, action: str) -> str:
@@ -48,9 +47,7 @@ def test_a_stuck_task_times_out_is_retried_then_dead_lettered_and_does_not_stall
 
     @actions.action("stuck", timeout_s=0.2)
     def stuck(data):
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
+        busy_for(30)
         return {}
 
     system = start_system(config.replace(queue={"max_attempts": 2}), actions)

@@ -9,7 +9,7 @@ import pytest
 from actors.actions import ActionRegistry, InvalidTaskData, default_action, registry
 from actors.messages import Ack, Execute, Nack, QueuedTask, WorkerFailed
 from actors.worker import WorkerActor
-from tests.helpers import receive, start_recorder
+from tests.helpers import busy_for, receive, start_recorder
 
 
 def run(action: str, data: dict, actions: ActionRegistry = registry) -> Ack | Nack:
@@ -106,13 +106,6 @@ def test_a_worker_runs_the_tasks_it_is_sent_one_after_another():
 
     assert [r.task_id for r in replies] == ["t0", "t1", "t2"]
     assert [orjson.loads(r.result)["output"] for r in replies] == ["X0", "X1", "X2"]
-
-
-def busy_for(seconds: float) -> None:
-    """Run Python code (interruptible, unlike one long sleep) for ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 def test_a_task_past_its_timeout_is_a_retryable_nack_and_the_worker_goes_on():
