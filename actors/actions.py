@@ -80,6 +80,8 @@ registry = ActionRegistry(default_action)
 @registry.action("uppercase")
 def uppercase(data: dict[str, Any]) -> dict[str, Any]:
     text = data.get("text")
+    if text is None:
+        text = ""  # as in the tutorial: no text, empty output
     if not isinstance(text, str):
         raise InvalidTaskData("uppercase needs data.text, a string")
     return {"output": text.upper()}
@@ -88,6 +90,8 @@ def uppercase(data: dict[str, Any]) -> dict[str, Any]:
 @registry.action("sum")
 def sum_numbers(data: dict[str, Any]) -> dict[str, Any]:
     numbers = data.get("numbers")
+    if numbers is None:
+        numbers = []  # as in the tutorial: no numbers, a sum of 0
     if not isinstance(numbers, list) or not all(isinstance(n, Real) and not isinstance(n, bool) for n in numbers):
         raise InvalidTaskData("sum needs data.numbers, a list of numbers")
     return {"output": sum(numbers)}

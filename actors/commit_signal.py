@@ -5,6 +5,11 @@ awaited by one thread (the request's). pykka's ThreadingFuture builds on a
 ``threading.Condition``, which allocates a lock per wait and notifies in Python; this one
 is a single C lock, held until the answer is in. With 32 threads submitting straight to the
 actors, it took the CPU per submit from 204 to 170 µs (median of 5 runs).
+
+It also settles who owns the task when the wait times out. The store claims a task just
+before it inserts it; a submitter that gives up waiting claims it too. Only the first claim
+succeeds, so either the store inserts the task, or the submitter knows it never will and
+can answer "not stored" rather than "perhaps stored".
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ class CommitSignal(pykka.Future[None]):
         self._answered.acquire()  # released by set or set_exception
         self._exc_info: OptExcInfo | None = None
         self._done = False
+        self._claimed = threading.Lock()
+
+    def claim(self) -> bool:
+        """Take the task: True for the first caller (the store, or the submitter giving up), else False."""
+        return self._claimed.acquire(blocking=False)
 
     def get(self, *, timeout: float | None = None) -> None:
         if not self._answered.acquire(timeout=-1 if timeout is None else timeout):

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pykka import ActorRef, Future
+from pykka import ActorRef
+
+from actors.commit_signal import CommitSignal
 
 __all__ = [
     "Ack",
@@ -72,7 +74,7 @@ class Submit:
     """Persist ``task`` and run it; ``committed`` is set once the task is committed."""
 
     task: NewTask
-    committed: Future[None]
+    committed: CommitSignal
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +173,7 @@ class InsertTask:
     """Store a new task; on commit set ``committed`` and tell ``reply_to`` :class:`TasksStored`."""
 
     task: NewTask
-    committed: Future[None]
+    committed: CommitSignal
     reply_to: ActorRef[Any]
 
 

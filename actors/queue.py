@@ -42,6 +42,7 @@ from typing import Any
 import pykka
 
 from actors.base import Actor
+from actors.commit_signal import CommitSignal
 from actors.db import epoch_now, utc_now
 from actors.messages import (
     Ack,
@@ -168,7 +169,7 @@ class QueueActor(Actor):
         self._dispatch()
         return None
 
-    def _submit(self, task: NewTask, committed: pykka.Future[None]) -> None:
+    def _submit(self, task: NewTask, committed: CommitSignal) -> None:
         if self._draining:
             committed.set_exception((ShuttingDown, ShuttingDown("shutting down"), None))
         elif self._unfinished >= self._settings.max_backlog:

@@ -1,8 +1,11 @@
 """TaskReader: the read side of the store, for the API.
 
 Reads never go through an actor: each calling thread gets its own read-only SQLite
-connection, so a ``GET`` never waits behind writes. Rows come back as the API shows them,
-with ``data`` and ``result`` decoded from JSON.
+connection, so a ``GET`` never waits behind writes. Rows come back as the API shows them:
+``data`` and ``result`` are the stored JSON text, checked and passed through as an
+``orjson.Fragment`` (never decoded and encoded again). A stored value that is not valid
+JSON (a damaged row) is shown as ``null``, with the reason in ``unreadable``, so one bad
+row cannot take down a page. A database that SQLite cannot read raises :class:`Unreadable`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import orjson
 
 from actors.db import connect_reader
 
-__all__ = ["Cursor", "TaskReader"]
+__all__ = ["Cursor", "TaskReader", "Unreadable"]
 
 SELECT_TASKS = (
     "SELECT id, action, payload, status, result, error, attempts, created_at, started_at, processed_at, seq FROM tasks"
@@ -23,6 +26,13 @@ SELECT_TASKS = (
 
 #: Where a page of the list ends: the (created_at, seq) of its last task.
 Cursor = tuple[str, int]
+
+
+DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # SQLite's errors for a file that is not a sound database
+
+
+class Unreadable(Exception):
+    """Raised when the database cannot be read; the message says why, without paths or data."""
 
 
 class TaskReader:
@@ -33,6 +43,7 @@ class TaskReader:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self.damage: str | None = None  #: set, for good, once a read finds the file damaged
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -50,9 +61,18 @@ class TaskReader:
             self._connections.clear()
         self._local = threading.local()
 
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorname", None) in DAMAGED:
+                self.damage = f"the database file is damaged ({e})"
+                raise Unreadable(self.damage) from e
+            raise Unreadable(f"the database cannot be read now ({e})") from e
+
     def get(self, task_id: str) -> dict[str, Any] | None:
-        row = self._conn().execute(SELECT_TASKS + " WHERE id = ?", (task_id,)).fetchone()
-        return None if row is None else _as_task(row)[0]
+        rows = self._query(SELECT_TASKS + " WHERE id = ?", (task_id,))
+        return _as_task(rows[0])[0] if rows else None
 
     def list(
         self, status: str | None = None, limit: int = 100, after: Cursor | None = None
@@ -70,23 +90,36 @@ class TaskReader:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, seq DESC LIMIT ?"
-        rows = self._conn().execute(sql, (*params, limit + 1)).fetchall()
+        rows = self._query(sql, (*params, limit + 1))
         page = [_as_task(row) for row in rows[:limit]]
         next_cursor = page[-1][1] if len(rows) > limit else None
         return [task for task, _ in page], next_cursor
 
 
 def _as_task(row: sqlite3.Row) -> tuple[dict[str, Any], Cursor]:
+    unreadable: list[str] = []
     task = {
         "id": row["id"],
         "action": row["action"],
-        "data": orjson.loads(row["payload"]),
+        "data": _stored_json(row["payload"], "data", unreadable),
         "status": row["status"],
-        "result": None if row["result"] is None else orjson.loads(row["result"]),
+        "result": None if row["result"] is None else _stored_json(row["result"], "result", unreadable),
         "error": row["error"],
         "attempts": row["attempts"],
         "created_at": row["created_at"],
         "started_at": row["started_at"],
         "processed_at": row["processed_at"],
     }
+    if unreadable:
+        task["unreadable"] = "; ".join(unreadable)
     return task, (row["created_at"], row["seq"])
+
+
+def _stored_json(text: Any, name: str, unreadable: list[str]) -> orjson.Fragment | None:
+    """The stored JSON text, checked, to be written into the response as it is."""
+    try:
+        orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError) as e:
+        unreadable.append(f"{name} is not valid JSON in the database ({e})")
+        return None
+    return orjson.Fragment(text)

@@ -154,6 +154,9 @@ class StoreActor(Actor):
         task = message.task
         self._inserted.append(message)
         self._begin()
+        if not message.committed.claim():  # its submitter gave up waiting, and was told it is not stored
+            self._inserted.pop()
+            return
         try:
             self.conn.execute(
                 "INSERT INTO tasks (id, action, payload, status, attempts, created_at, available_at)"

@@ -37,7 +37,16 @@ MIGRATION_TIMEOUT_S = 60.0
 
 
 class NotAccepted(Exception):
-    """Raised when a task cannot be committed now; the client should try again later."""
+    """Raised when a task cannot be committed now; the client should try again later.
+
+    ``maybe_stored`` is True when the outcome is unknown: the store had taken the task but
+    had not confirmed its commit in time. The client should then look the task up by its id
+    before submitting it again. Otherwise the task was not stored, and never will be.
+    """
+
+    def __init__(self, reason: str, maybe_stored: bool = False) -> None:
+        super().__init__(reason)
+        self.maybe_stored = maybe_stored
 
 
 @dataclass
@@ -95,13 +104,28 @@ class TaskSystem:
         except pykka.ActorDeadError:
             raise NotAccepted("the queue is not running") from None
         except pykka.Timeout:
-            raise NotAccepted("the store did not commit in time") from None
+            self._give_up_waiting(committed)
         except StoreError:
             raise NotAccepted("the store cannot write now; try again") from None
         except ShuttingDown:
             raise NotAccepted("shutting down") from None
         except QueueFull:
             raise NotAccepted("the queue is full; try again later") from None
+
+    @staticmethod
+    def _give_up_waiting(committed: CommitSignal) -> None:
+        """After a submit's timeout: say whether its task was not stored, or may have been."""
+        if committed.claim():  # the store had not taken it, and now never will
+            raise NotAccepted("the store did not take the task in time; it was not stored, submit it again")
+        try:
+            committed.get(timeout=0)  # the commit may have come in just now
+        except pykka.Timeout:
+            raise NotAccepted(
+                "the store took the task but did not confirm its commit in time: look it up before submitting it again",
+                maybe_stored=True,
+            ) from None
+        except StoreError:
+            raise NotAccepted("the store cannot write now; try again") from None
 
     def problem(self) -> str | None:
         """Why the system cannot do its work, or None when the store and the queue are alive.

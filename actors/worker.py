@@ -35,6 +35,7 @@ import pykka
 
 from actors.actions import ActionRegistry, InvalidTaskData
 from actors.base import Actor
+from actors.jsonvalues import NotStorable, check_storable
 from actors.messages import Ack, Execute, Nack, QueuedTask, WorkerFailed
 
 __all__ = ["TaskTimedOut", "WorkerActor"]
@@ -154,11 +155,12 @@ class WorkerActor(Actor):
             result = action(orjson.loads(task.payload))
             if not isinstance(result, dict):
                 raise InvalidTaskData(f"action {task.action!r} returned {type(result).__name__}, not an object")
+            check_storable(result, "the result")
             return Ack(task.id, attempt, orjson.dumps(result).decode())
         except TaskTimedOut:
             logger.warning("task %s: timed out after %g s", task.id, timeout_s)
             return Nack(task.id, attempt, f"timed out after {timeout_s:g} s", retryable=True)
-        except (InvalidTaskData, orjson.JSONEncodeError) as e:
+        except (InvalidTaskData, NotStorable, orjson.JSONEncodeError) as e:
             return Nack(task.id, attempt, str(e), retryable=False)
         except Exception as e:
             logger.warning("task %s: action %r raised %s", task.id, task.action, type(e).__name__)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import falcon
@@ -12,14 +14,16 @@ import orjson
 
 from actors import NotAccepted, TaskSystem
 from actors.db import STATUSES, utc_now
+from actors.jsonvalues import INT_MAX, NotStorable, check_storable, loads_exact
 from actors.messages import NewTask
-from actors.reader import Cursor
+from actors.reader import Cursor, Unreadable
 
 __all__ = ["TaskCollection", "TaskItem"]
 
 MAX_ACTION_LENGTH = 200
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_CURSOR_LENGTH = 200
 RETRY_AFTER_S = 1
 
 
@@ -35,7 +39,14 @@ class TaskCollection:
         try:
             self._system.submit(task)
         except NotAccepted as e:
-            raise falcon.HTTPServiceUnavailable(description=str(e), retry_after=RETRY_AFTER_S) from None
+            if not e.maybe_stored:
+                raise falcon.HTTPServiceUnavailable(description=str(e), retry_after=RETRY_AFTER_S) from None
+            # The outcome is unknown: give the id, so the client looks the task up instead of resubmitting.
+            resp.status = falcon.HTTP_503
+            resp.retry_after = RETRY_AFTER_S
+            resp.location = f"/tasks/{task.id}"
+            resp.media = {"error": str(e), "id": task.id}
+            return
         resp.status = falcon.HTTP_202
         resp.location = f"/tasks/{task.id}"
         resp.media = {"id": task.id, "status": "queued"}
@@ -46,7 +57,8 @@ class TaskCollection:
             raise falcon.HTTPBadRequest(description=f"status must be one of {', '.join(STATUSES)}")
         limit = _parse_limit(req.get_param("limit"))
         after = _decode_cursor(req.get_param("cursor"))
-        tasks, next_cursor = self._system.reader.list(status, limit, after)
+        with _readable():
+            tasks, next_cursor = self._system.reader.list(status, limit, after)
         resp.media = {
             "tasks": tasks,
             "count": len(tasks),
@@ -62,9 +74,11 @@ class TaskCollection:
         if len(body) > self._max_body_bytes:
             raise _too_large(self._max_body_bytes)
         try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise falcon.HTTPBadRequest(description="invalid JSON") from None
+            return loads_exact(body)
+        except orjson.JSONDecodeError as e:
+            raise falcon.HTTPBadRequest(description=f"invalid JSON: {e}") from None
+        except NotStorable as e:
+            raise falcon.HTTPBadRequest(description=str(e)) from None
 
 
 class TaskItem:
@@ -74,7 +88,8 @@ class TaskItem:
         self._system = system
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
-        task = self._system.reader.get(task_id)
+        with _readable():
+            task = self._system.reader.get(task_id)
         if task is None:
             raise falcon.HTTPNotFound(description="task not found")
         resp.media = task
@@ -89,14 +104,25 @@ def parse_submission(document: Any) -> NewTask:
         raise falcon.HTTPBadRequest(description="action required: a non-empty string")
     if len(action) > MAX_ACTION_LENGTH:
         raise falcon.HTTPBadRequest(description=f"action must be at most {MAX_ACTION_LENGTH} characters")
-    data = document.get("data", {})
+    data = document.get("data")
+    if data is None:  # missing or null: no input, as in the tutorial
+        data = {}
     if not isinstance(data, dict):
         raise falcon.HTTPBadRequest(description="data must be a JSON object")
     try:
-        payload = orjson.dumps(data).decode()
-    except orjson.JSONEncodeError:  # orjson writes at most 254 levels of nesting
-        raise falcon.HTTPBadRequest(description="data is nested too deeply") from None
-    return NewTask(str(uuid.uuid4()), action, payload, utc_now())
+        check_storable(data, "data")
+    except NotStorable as e:
+        raise falcon.HTTPBadRequest(description=str(e)) from None
+    return NewTask(str(uuid.uuid4()), action, orjson.dumps(data).decode(), utc_now())
+
+
+@contextlib.contextmanager
+def _readable() -> Iterator[None]:
+    """Answer 503 with the reason when the database cannot be read (damaged, or gone)."""
+    try:
+        yield
+    except Unreadable as e:
+        raise falcon.HTTPServiceUnavailable(description=str(e), retry_after=RETRY_AFTER_S) from None
 
 
 def _too_large(limit: int) -> falcon.HTTPError:
@@ -106,7 +132,7 @@ def _too_large(limit: int) -> falcon.HTTPError:
 def _parse_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    limit = int(raw) if raw.isascii() and raw.isdigit() else 0
+    limit = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else 0
     if not 1 <= limit <= MAX_LIMIT:
         raise falcon.HTTPBadRequest(description=f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return limit
@@ -120,9 +146,10 @@ def _decode_cursor(raw: str | None) -> Cursor | None:
     if raw is None:
         return None
     try:
-        created_at, seq = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        if isinstance(created_at, str) and isinstance(seq, int):
-            return created_at, seq
+        if len(raw) <= MAX_CURSOR_LENGTH:
+            created_at, seq = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            if isinstance(created_at, str) and len(created_at) <= 40 and isinstance(seq, int) and 0 <= seq <= INT_MAX:
+                return created_at, seq
     except (binascii.Error, ValueError, TypeError):
         pass
     raise falcon.HTTPBadRequest(description="cursor is not one this API returned")

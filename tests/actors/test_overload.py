@@ -12,6 +12,7 @@ import pykka
 import pytest
 
 from actors import NotAccepted, start_system
+from actors.commit_signal import CommitSignal
 from actors.db import utc_now
 from actors.messages import Ack, Execute, InsertTask, Inspect, NewTask, Submit
 from actors.queue import QueueActor, QueueFull
@@ -26,7 +27,7 @@ def new_task(n: int) -> NewTask:
 
 
 def submit(queue: pykka.ActorRef[Any], n: int) -> None:
-    committed: pykka.Future[None] = pykka.ThreadingFuture()
+    committed = CommitSignal()
     queue.tell(Submit(new_task(n), committed))
     committed.get(timeout=10)
 
@@ -49,7 +50,7 @@ def test_submits_beyond_the_backlog_bound_are_refused_until_tasks_finish(store):
 def test_the_backlog_bound_counts_tasks_left_by_a_previous_run(store):
     recorder, _ = start_recorder()
     for n in range(2):
-        committed: pykka.Future[None] = pykka.ThreadingFuture()
+        committed = CommitSignal()
         store.tell(InsertTask(new_task(n), committed, recorder))
         committed.get(timeout=10)
     settings = dataclasses.replace(DEFAULTS.queue, max_backlog=3)

@@ -10,6 +10,7 @@ import pykka
 import pytest
 
 from actors.actions import registry
+from actors.commit_signal import CommitSignal
 from actors.db import utc_now
 from actors.messages import (
     Ack,
@@ -53,7 +54,7 @@ def pool(**changes: int) -> WorkersConfig:
 
 def submit(queue: pykka.ActorRef[Any], n: int, action: str = "uppercase") -> str:
     task = NewTask(f"task-{n:03d}", action, orjson.dumps({"text": f"t{n}"}).decode(), utc_now())
-    committed: pykka.Future[None] = pykka.ThreadingFuture()
+    committed = CommitSignal()
     queue.tell(Submit(task, committed))
     committed.get(timeout=10)
     return task.id
@@ -171,7 +172,7 @@ def test_tasks_a_previous_run_left_unfinished_are_run_on_start(store, fake_worke
     recorder, _ = start_recorder()
     for status in ("queued", "running"):
         task = NewTask(f"old-{status}", "uppercase", "{}", utc_now())
-        committed: pykka.Future[None] = pykka.ThreadingFuture()
+        committed = CommitSignal()
         store.tell(InsertTask(task, committed, recorder))
         committed.get(timeout=10)
         if status == "running":

@@ -3,9 +3,9 @@ from __future__ import annotations
 import sqlite3
 import time
 
-import pykka
 import pytest
 
+from actors.commit_signal import CommitSignal
 from actors.db import utc_now
 from actors.messages import (
     CompleteTask,
@@ -28,8 +28,8 @@ def new_task(n: int) -> NewTask:
     return NewTask(f"task-{n}", "uppercase", f'{{"text": "t{n}"}}', utc_now())
 
 
-def insert(store, queue, task: NewTask) -> pykka.Future[None]:
-    committed: pykka.Future[None] = pykka.ThreadingFuture()
+def insert(store, queue, task: NewTask) -> CommitSignal:
+    committed = CommitSignal()
     store.tell(InsertTask(task, committed, queue))
     return committed
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
-import pykka
 import pytest
 
+from actors.commit_signal import CommitSignal
 from actors.db import utc_now
 from actors.messages import (
     CompleteTask,
@@ -30,8 +30,8 @@ def impatient_store(db_path):
     return StoreActor.start(db_path, busy_timeout_ms=100)
 
 
-def insert(store, queue, n: int) -> pykka.Future[None]:
-    committed: pykka.Future[None] = pykka.ThreadingFuture()
+def insert(store, queue, n: int) -> CommitSignal:
+    committed = CommitSignal()
     store.tell(InsertTask(NewTask(f"task-{n}", "x", "{}", utc_now()), committed, queue))
     return committed
 
@@ -90,7 +90,7 @@ def test_a_full_database_refuses_inserts_and_accepts_them_again_when_space_is_fr
 
     accepted, refused = [], 0
     for n in range(200):
-        committed: pykka.Future[None] = pykka.ThreadingFuture()
+        committed = CommitSignal()
         store.tell(InsertTask(NewTask(f"task-{n}", "x", f'{{"blob": "{big}"}}', utc_now()), committed, queue))
         try:
             committed.get(timeout=10)
@@ -106,7 +106,7 @@ def test_a_full_database_refuses_inserts_and_accepts_them_again_when_space_is_fr
     conn.execute("DELETE FROM tasks WHERE id IN (?, ?, ?)", tuple(accepted[:3]))
     conn.commit()
     conn.close()
-    committed = pykka.ThreadingFuture()
+    committed = CommitSignal()
     store.tell(InsertTask(NewTask("after", "x", f'{{"blob": "{big}"}}', utc_now()), committed, queue))
     committed.get(timeout=10)
     assert row(db_path, "after") is not None

@@ -8,6 +8,7 @@ from typing import Any
 
 import pykka
 
+from actors.commit_signal import CommitSignal
 from actors.db import utc_now
 from actors.messages import Execute, Inspect, NewTask, Submit, WorkerFailed
 from actors.queue import QueueActor
@@ -40,7 +41,7 @@ def start_queue(store: pykka.ActorRef[Any], pool: FakePool, **workers: int) -> p
 
 
 def submit(queue: pykka.ActorRef[Any], task_id: str) -> None:
-    committed: pykka.Future[None] = pykka.ThreadingFuture()
+    committed = CommitSignal()
     queue.tell(Submit(NewTask(task_id, "x", "{}", utc_now()), committed))
     committed.get(timeout=10)
 

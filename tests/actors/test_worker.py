@@ -30,6 +30,11 @@ def run(action: str, data: dict, actions: ActionRegistry = registry) -> Ack | Na
         ("sum", {"numbers": [1, 2, 3.5]}, 6.5),
         ("sum", {"numbers": []}, 0),
         ("send_email", {"to": "a@example.com"}, "processed"),
+        # missing or null fields take the tutorial's defaults (`text or ""`, `numbers or {}`)
+        ("uppercase", {}, ""),
+        ("uppercase", {"text": None}, ""),
+        ("sum", {}, 0),
+        ("sum", {"numbers": None}, 0),
     ],
 )
 def test_the_tutorial_actions_ack_with_their_result(action, data, output):
@@ -42,8 +47,8 @@ def test_the_tutorial_actions_ack_with_their_result(action, data, output):
 @pytest.mark.parametrize(
     ("action", "data"),
     [
-        ("uppercase", {}),
         ("uppercase", {"text": 5}),
+        ("uppercase", {"text": ["a"]}),
         ("sum", {"numbers": "1,2"}),
         ("sum", {"numbers": [1, "2"]}),
         ("sum", {"numbers": [True]}),
