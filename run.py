@@ -11,17 +11,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
+import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import waitress
 
-from actors import TaskSystem, start_system
+from actors import DatabaseInUse, TaskSystem, start_system
 from api import create_app
-from conf import Config, ConfigError, load_config
+from conf import Config, ConfigError, load_config, unknown_environment_variables
 
 logger = logging.getLogger("task_queue")
 
@@ -51,17 +54,67 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def waitress_options(config: Config) -> dict[str, Any]:
-    """The server settings, shared with the benchmark's ceiling app (bench/ceiling.py)."""
+    """The server settings but the address, shared with the benchmark's ceiling app (bench/ceiling.py)."""
+    channel_timeout_s = config.server.channel_timeout_s
     return {
-        "host": config.server.host,
-        "port": config.server.port,
         "threads": config.server.threads,
-        "connection_limit": config.server.connection_limit,
-        "backlog": config.server.connection_limit,
+        "connection_limit": connection_limit(config),
+        "backlog": config.server.listen_backlog,
+        "channel_timeout": channel_timeout_s,
+        "cleanup_interval": max(1, min(30, channel_timeout_s // 3)),
         "max_request_body_size": 4 * config.server.max_body_bytes,
         "asyncore_use_poll": True,
         "ident": "task-queue",
     }
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; return the limit now in force.
+
+    Every connection is a file descriptor, and the soft limit is often 1,024: a few idle
+    connections too many would otherwise lock every client out.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            logger.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, e)
+    return soft
+
+
+def connection_limit(config: Config) -> int:
+    """``server.connection_limit``, kept below the open files limit less what the rest of the process needs."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    reserve = 4 * config.server.threads + 64  # a read-only SQLite connection per thread (3 files each), and more
+    if soft == resource.RLIM_INFINITY:
+        return config.server.connection_limit
+    return max(1, min(config.server.connection_limit, soft - reserve))
+
+
+def listen(config: Config) -> socket.socket:
+    """Bind and listen on ``server.host:port`` (raises OSError if it cannot), before the database is touched."""
+    host = config.server.host
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, config.server.port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP, socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(config.server.listen_backlog)  # clients that come during start-up wait in the backlog
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
 def tune_interpreter(config: Config) -> None:
@@ -70,8 +123,8 @@ def tune_interpreter(config: Config) -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N" under load
 
 
-def create_server(config: Config, system: TaskSystem) -> Any:
-    return waitress.create_server(create_app(system), **waitress_options(config))
+def create_server(config: Config, system: TaskSystem, sock: socket.socket) -> Any:
+    return waitress.create_server(create_app(system), sockets=[sock], **waitress_options(config))
 
 
 class Watchdog(threading.Thread):
@@ -129,35 +182,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"task-queue: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in unknown_environment_variables(os.environ):
+        logger.warning("%s", warning)
     tune_interpreter(config)
+    raise_open_files_limit()
+    try:
+        sock = listen(config)
+    except OSError as e:
+        logger.critical("cannot listen on %s:%d: %s", config.server.host, config.server.port, e)
+        return 1
     try:
         system = start_system(config)
+    except DatabaseInUse as e:
+        logger.critical("%s", e)
+        sock.close()
+        return 1
     except Exception as e:  # noqa: BLE001 -- any failure to start is reported in one line, exit 1
         logger.critical("start-up failed: %s: %s", type(e).__name__, e)
+        sock.close()
         return 1
 
     server = None
     watchdog = Watchdog(system)
     stop_signal = StopSignal(system)
     try:
-        server = create_server(config, system)
+        server = create_server(config, system, sock)
         stop_signal.install()
         watchdog.start()
         logger.info(
-            "task-queue ready on http://%s:%s (db %s, %d workers, schema v%d)",
-            config.server.host,
-            server.effective_port,
-            config.store.path,
+            "task-queue ready on %s (database %s, %d workers, schema v%d, up to %d connections)",
+            url_of(sock),
+            Path(config.store.path).resolve(),
             config.workers.count,
             system.schema_version,
+            server.adj.connection_limit,
         )
         server.run()
-    except OSError as e:
-        logger.critical("cannot listen on %s:%d: %s", config.server.host, config.server.port, e)
-        watchdog.failure = str(e)
     finally:
         if server is not None:
             server.close()
+        sock.close()
         if watchdog.is_alive():
             watchdog.stop()
         system.stop(stop_signal.time_left())

@@ -5,6 +5,7 @@ top, and :mod:`actors.messages` holds every message.
 """
 
 from actors.actions import ActionRegistry, InvalidTaskData, registry
+from actors.dblock import DatabaseInUse
 from actors.migration import MigrationActor
 from actors.queue import QueueActor
 from actors.store import StoreActor
@@ -13,6 +14,7 @@ from actors.worker import WorkerActor
 
 __all__ = [
     "ActionRegistry",
+    "DatabaseInUse",
     "InvalidTaskData",
     "MigrationActor",
     "NotAccepted",

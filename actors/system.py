@@ -21,6 +21,7 @@ import pykka
 
 from actors.actions import ActionRegistry, registry
 from actors.commit_signal import CommitSignal
+from actors.dblock import DatabaseLock
 from actors.messages import Drain, Inspect, Migrate, NewTask, QueueState, Submit
 from actors.migration import MigrationActor
 from actors.queue import QueueActor, QueueFull, ShuttingDown
@@ -58,6 +59,7 @@ class TaskSystem:
     store: pykka.ActorRef[Any]
     queue: pykka.ActorRef[Any]
     reader: TaskReader
+    lock: DatabaseLock
     accepting: bool = field(default=True)
     _waiting: dict[str, float] = field(default_factory=dict, init=False)  # task id -> when its submit began
     _waiting_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -159,16 +161,27 @@ class TaskSystem:
                 ref.stop(timeout=remaining())
             except pykka.Timeout:
                 logger.warning("%s did not stop in time; its task stays unfinished and runs after a restart", ref)
+        if not self.store.is_alive():  # a store still writing keeps the database for itself
+            self.lock.release()
 
 
 def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSystem:
-    """Migrate the database, then start the store, the workers and the queue."""
+    """Lock the database, migrate it, then start the store, the workers and the queue.
+
+    Raises :class:`~actors.dblock.DatabaseInUse` if another process serves the database.
+    """
     for module in config.workers.imports:
         importlib.import_module(module)
     db_path = config.store.path
-    migration = MigrationActor.start(db_path)
-    schema_version: int = migration.ask(Migrate(), block=True, timeout=MIGRATION_TIMEOUT_S)
-    migration.actor_stopped.wait(MIGRATION_TIMEOUT_S)
+    lock = DatabaseLock(db_path)
+    lock.acquire()
+    try:
+        migration = MigrationActor.start(db_path)
+        schema_version: int = migration.ask(Migrate(), block=True, timeout=MIGRATION_TIMEOUT_S)
+        migration.actor_stopped.wait(MIGRATION_TIMEOUT_S)
+    except BaseException:
+        lock.release()
+        raise
 
     store = StoreActor.start(db_path, config.store.synchronous, config.store.busy_timeout_ms, config.store.max_pages)
 
@@ -177,4 +190,4 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         return WorkerActor.start(actions, delay_s, config.workers.task_timeout_s, supervisor)
 
     queue = QueueActor.start(store, start_worker, config.queue, config.workers)
-    return TaskSystem(config, schema_version, store, queue, TaskReader(db_path))
+    return TaskSystem(config, schema_version, store, queue, TaskReader(db_path), lock)

@@ -16,7 +16,7 @@ import falcon
 import waitress
 
 from conf import load_config
-from run import tune_interpreter, waitress_options
+from run import listen, tune_interpreter, url_of, waitress_options
 
 
 class Tasks:
@@ -31,17 +31,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = load_config()
+    config = load_config(overrides={"server": {"port": args.port}})
     tune_interpreter(config)
     app = falcon.App()
     app.add_route("/tasks", Tasks())
-    options = waitress_options(config) | {"port": args.port}
-    server = waitress.create_server(app, **options)
-    logging.info("ceiling ready on http://%s:%s", options["host"], server.effective_port)
+    sock = listen(config)
+    server = waitress.create_server(app, sockets=[sock], **waitress_options(config))
+    logging.info("ceiling ready on %s", url_of(sock))
     try:
         server.run()
     finally:
         server.close()
+        sock.close()
 
 
 if __name__ == "__main__":

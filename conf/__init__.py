@@ -7,6 +7,7 @@ and passed down; nothing reads the environment after that.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["Config", "ConfigError", "load_config", "unknown_environment_variables"]
 
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
 ENV_PREFIX = "TASK_QUEUE_"
@@ -30,6 +31,8 @@ class ServerConfig:
     port: int
     threads: int
     connection_limit: int
+    listen_backlog: int
+    channel_timeout_s: int
     switch_interval_us: int
     max_body_bytes: int
     submit_timeout_ms: int
@@ -84,6 +87,8 @@ class Config:
             "server.port": 0 <= self.server.port <= 65535,
             "server.threads": self.server.threads >= 1,
             "server.connection_limit": self.server.connection_limit >= 1,
+            "server.listen_backlog": self.server.listen_backlog >= 1,
+            "server.channel_timeout_s": self.server.channel_timeout_s >= 1,
             "server.switch_interval_us": self.server.switch_interval_us >= 1,
             "server.max_body_bytes": self.server.max_body_bytes >= 1,
             "server.submit_timeout_ms": self.server.submit_timeout_ms >= 1,
@@ -107,6 +112,12 @@ class Config:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid value for {', '.join(bad)}")
+        token = self.server.auth_token
+        if token and not all("!" <= c <= "~" for c in token):
+            raise ConfigError(
+                "server.auth_token must be printable ASCII without spaces (a blank token would lock every client out;"
+                " leave it empty to turn authentication off)"
+            )
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """Return a copy with some keys changed: ``config.replace(store={"path": "x.db"})``."""
@@ -155,6 +166,20 @@ def _from_env(values: Mapping[str, Mapping[str, Any]], env: Mapping[str, str]) -
             if raw is not None:
                 found.setdefault(section, {})[key] = _parse_env(raw, default, f"{section}.{key}")
     return found
+
+
+def unknown_environment_variables(env: Mapping[str, str]) -> list[str]:
+    """A warning for each ``TASK_QUEUE_*`` variable of ``env`` that names no setting (a typo, say)."""
+    known = {
+        f"{ENV_PREFIX}{section}_{key}".upper() for section, keys in _read_toml(DEFAULT_FILE).items() for key in keys
+    }
+    warnings = []
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"environment variable {name} names no setting and is ignored{hint}")
+    return warnings
 
 
 def _parse_env(raw: str, default: Any, name: str) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-READY = re.compile(r"ready on (http://[\d.]+:\d+)")
+READY = re.compile(r"ready on (http://(?:[\d.]+|\[[0-9a-f:]+\]):\d+)")
 
 
 class Server:
