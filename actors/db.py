@@ -12,7 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["MIGRATIONS", "STATUSES", "connect_reader", "connect_writer", "utc_now"]
+__all__ = ["MIGRATIONS", "STATUSES", "connect_reader", "connect_writer", "is_damage", "utc_now"]
 
 STATUSES = ("queued", "running", "completed", "failed")
 BUSY_TIMEOUT_MS = 5000
@@ -69,6 +69,11 @@ def utc_now() -> str:
 
 def epoch_now() -> float:
     return time.time()
+
+
+def is_damage(error: sqlite3.Error) -> bool:
+    """Whether SQLite's ``error`` says the file is not a sound database (corrupt, or not one at all)."""
+    return getattr(error, "sqlite_errorname", None) in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
 def connect_writer(

@@ -36,6 +36,7 @@ __all__ = [
     "RequeueUnfinished",
     "RetryTask",
     "RetryWrites",
+    "StoreState",
     "Submit",
     "TasksStored",
     "Wake",
@@ -138,7 +139,8 @@ class Drain:
 
 @dataclass(frozen=True, slots=True)
 class Inspect:
-    """From an edge (health, tests), by ask: reply a :class:`QueueState`."""
+    """From an edge (health, tests), by ask: the queue replies a :class:`QueueState`, the store a
+    :class:`StoreState`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,15 @@ class QueueState:
     workers: int  #: workers alive in the pool
     worker_restarts: int  #: workers replaced since start
     unfinished: int  #: committed tasks not yet completed or failed (the backlog)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    """What the store is going through right now."""
+
+    fault: str | None  #: why the store cannot write, while it cannot
+    unsaved_updates: int  #: status updates a fault rolled back, waiting to be written
+    failed_writes: int  #: writes tried and failed since the fault began
 
 
 # --- to a WorkerActor ------------------------------------------------------------------
@@ -235,7 +246,7 @@ class Flush:
 
 @dataclass(frozen=True, slots=True)
 class RetryWrites:
-    """The store's timer: write again the status updates a fault rolled back."""
+    """The store's timer while a fault lasts: write again what it rolled back, or a probe."""
 
 
 # --- to the MigrationActor -------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from actors.db import connect_reader
+from actors.db import connect_reader, is_damage
 
 __all__ = ["Cursor", "TaskReader", "Unreadable"]
 
@@ -26,9 +26,6 @@ SELECT_TASKS = (
 
 #: Where a page of the list ends: the (created_at, seq) of its last task.
 Cursor = tuple[str, int]
-
-
-DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # SQLite's errors for a file that is not a sound database
 
 
 class Unreadable(Exception):
@@ -65,7 +62,7 @@ class TaskReader:
         try:
             return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as e:
-            if getattr(e, "sqlite_errorname", None) in DAMAGED:
+            if is_damage(e):
                 self.damage = f"the database file is damaged ({e})"
                 raise Unreadable(self.damage) from e
             raise Unreadable(f"the database cannot be read now ({e})") from e

@@ -9,7 +9,9 @@ Protocol
               :class:`~actors.messages.FetchReady`   -> tells ``reply_to`` ReadyTasks
               :class:`~actors.messages.Flush`        (sent to itself) -> commits
               :class:`~actors.messages.RetryWrites`  (its timer) -> writes unsaved updates again
-    replies   nothing: answers go out as messages or through the ``committed`` futures
+              :class:`~actors.messages.Inspect`      (edges, by ask)
+    replies   to Inspect: a :class:`~actors.messages.StoreState`; nothing else: answers go out as
+              messages or through the ``committed`` futures
 
 Group commit: the first write after a commit opens a transaction and puts a ``Flush`` at
 the end of the inbox. Every write that arrived before that ``Flush`` joins the same
@@ -20,16 +22,26 @@ never sees a task that is not committed.
 Faults (the database busy, read-only or full): the transaction is rolled back. Its inserts
 are refused through their futures (the client gets 503, never a 202 for a task that is not
 committed). Its status updates are kept, in order, and written again first thing in the
-next transaction; if nothing else comes, a timer retries them every ``RETRY_S``. So the
-store recovers by itself once the fault clears.
+next transaction. While the fault lasts a timer tries a write (those updates, or a probe
+that changes nothing) after a backoff of 0.5 s, doubling up to 5 s, so the store recovers
+by itself once the fault clears, even when no new writes come. A fault is
+logged once when it starts, summed up at most every ``SUMMARY_S`` while it lasts, and
+logged once more when it clears; ``Inspect`` reports it, for ``/health``.
+
+Fatal, so the store dies and the process stops (let it crash): the database file at its
+path is no longer the file it writes (deleted or replaced: checked with one ``stat`` after
+each commit, and the inserts of that commit are refused), or SQLite finds it damaged.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -42,6 +54,7 @@ from actors.messages import (
     FetchReady,
     Flush,
     InsertTask,
+    Inspect,
     MarkRunning,
     QueuedTask,
     ReadyTasks,
@@ -49,20 +62,44 @@ from actors.messages import (
     RequeueUnfinished,
     RetryTask,
     RetryWrites,
+    StoreState,
     TasksStored,
 )
 from actors.timers import tell_later
 
-__all__ = ["StoreActor", "StoreError"]
+__all__ = ["DatabaseMoved", "StoreActor", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
-RETRY_S = 0.5  # how soon unsaved updates, and a fetch that failed, are tried again
+RETRY_S = 0.5  # how soon unsaved updates, and a fetch that failed, are first tried again
+RETRY_MAX_S = 5.0  # the longest wait between tries while a fault lasts
+SUMMARY_S = 5.0  # while a fault lasts, at most one log line this often
 Update = tuple[str, tuple[Any, ...]]  # a status update as SQL and parameters
+# A write that changes nothing but still writes a page, to find out whether a fault has cleared.
+PROBE = (
+    "UPDATE schema_migrations SET applied_at = applied_at WHERE version = (SELECT MAX(version) FROM schema_migrations)"
+)
 
 
 class StoreError(Exception):
-    """Raised (through a ``committed`` future) when a task could not be committed."""
+    """Raised (through a ``committed`` future) when a task could not be committed; the message says why."""
+
+
+class DatabaseMoved(Exception):
+    """Raised when the file at the database's path is no longer the file the store writes."""
+
+
+@dataclass
+class Fault:
+    """A write fault that has not cleared yet."""
+
+    error: str  #: the error that started it
+    since: float  #: monotonic time it started
+    retry_s: float = RETRY_S  #: the wait before the next timed retry
+    failures: int = 1  #: failed writes since the last log line
+    all_failures: int = 1  #: failed writes since it started
+    refused: int = 0  #: inserts refused since the last log line
+    logged_at: float = 0.0  #: monotonic time of the last log line
 
 
 class StoreActor(Actor):
@@ -82,6 +119,8 @@ class StoreActor(Actor):
         self._updates: list[Update] = []  # status updates in the open transaction
         self._unsaved: list[Update] = []  # status updates rolled back by a fault, to write again
         self._retry_timer: threading.Timer | None = None
+        self._fault: Fault | None = None
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -90,6 +129,7 @@ class StoreActor(Actor):
 
     def on_start(self) -> None:
         self._conn = connect_writer(self._db_path, self._synchronous, self._busy_timeout_ms, self._max_pages)
+        self._file_id = _file_id(self._db_path)
 
     def on_stop(self) -> None:
         if self._retry_timer is not None:
@@ -103,16 +143,22 @@ class StoreActor(Actor):
         self.conn.close()
 
     def on_failure(self, *exc_info: Any) -> None:
+        logger.critical("the store stopped: %s: %s", type(exc_info[1]).__name__, exc_info[1])
+        self._refuse(self._inserted, "the store stopped; the task was not stored")
+        self._inserted = []
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
         if self._conn is not None:
             self._conn.close()
 
-    def on_receive(self, message: Any) -> None:
+    def on_receive(self, message: Any) -> Any:
         try:
-            self._handle(message)
+            return self._handle(message)
         except sqlite3.OperationalError as e:  # busy, read-only, disk full, I/O error
             self._abort(e, message)
+            return None
 
-    def _handle(self, message: Any) -> None:
+    def _handle(self, message: Any) -> Any:
         match message:
             case InsertTask():
                 self._insert(message)
@@ -143,12 +189,15 @@ class StoreActor(Actor):
                 self._commit()
                 _reply(reply_to, self._fetch_ready(limit))
             case Flush():
-                self._commit()
+                if self._in_transaction:  # else a fault rolled it back; the retry timer takes over
+                    self._commit()
             case RetryWrites():
-                self._retry_timer = None
-                self._commit()
+                self._retry()
+            case Inspect():
+                return self._state()
             case _:
                 raise TypeError(f"unexpected message {message!r}")
+        return None
 
     def _insert(self, message: InsertTask) -> None:
         task = message.task
@@ -166,13 +215,27 @@ class StoreActor(Actor):
         except sqlite3.IntegrityError as e:  # only this statement failed; the transaction goes on
             logger.error("task %s not stored: %s", task.id, e)
             self._inserted.remove(message)
-            message.committed.set_exception((StoreError, StoreError("task not stored"), None))
+            self._refuse([message], "the task was not stored")
 
     def _update(self, sql: str, params: tuple[Any, ...]) -> int:
         """Write a status update in the open transaction; return the number of rows it changed."""
         self._updates.append((sql, params))
         self._begin()
         return self.conn.execute(sql, params).rowcount
+
+    def _state(self) -> StoreState:
+        fault = self._fault
+        if fault is None:
+            return StoreState(fault=None, unsaved_updates=len(self._unsaved), failed_writes=0)
+        return StoreState(f"the store cannot write: {fault.error}", len(self._unsaved), fault.all_failures)
+
+    def _retry(self) -> None:
+        """The fault's timer: write again, even with no updates to retry, to find out whether it cleared."""
+        self._retry_timer = None
+        if not self._in_transaction:  # a write since the fault may have begun one already
+            self._begin()
+            self.conn.execute(PROBE)
+        self._commit()
 
     def _begin(self) -> None:
         """Open a transaction if none is open, first writing again what a fault rolled back."""
@@ -197,6 +260,14 @@ class StoreActor(Actor):
         inserted, self._inserted = self._inserted, []
         self._updates.clear()
         self._in_transaction = False
+        if _file_id(self._db_path) != self._file_id:
+            self._refuse(inserted, "the database file was deleted or replaced; the task was not stored")
+            raise DatabaseMoved(
+                f"the database file {self._db_path} was deleted or replaced while in use; its last writes went to"
+                " the file that was there before, and the service stops (a restart opens the file now at the path)"
+            )
+        if self._fault is not None:
+            self._cleared()
         # The queue hears of the tasks before their submitters do, so once a 202 is out the
         # queue already holds the news of that task.
         stored_by_queue: defaultdict[pykka.ActorRef[Any], list[QueuedTask]] = defaultdict(list)
@@ -216,19 +287,58 @@ class StoreActor(Actor):
         inserted, self._inserted = self._inserted, []
         self._unsaved += self._updates  # oldest first: _begin puts earlier unsaved ones in front
         self._updates = []
-        logger.error(
-            "store write failed on %s: %s; %d new tasks refused, %d status updates kept to write again",
-            type(message).__name__,
-            error,
-            len(inserted),
-            len(self._unsaved),
+        self._refuse(inserted, "the store cannot write now; try again")
+        fault = self._note_fault(str(error), len(inserted))
+        if isinstance(message, FetchReady):  # nothing fetched: the queue asks again after the backoff
+            _reply(message.reply_to, ReadyTasks((), next_due_at=epoch_now() + fault.retry_s))
+        if self._retry_timer is None:
+            self._retry_timer = tell_later(self.actor_ref, RetryWrites(), fault.retry_s)
+            fault.retry_s = min(RETRY_MAX_S, fault.retry_s * 2)
+
+    def _note_fault(self, error: str, refused: int) -> Fault:
+        """Log a fault when it starts, then at most every SUMMARY_S while it lasts."""
+        now = time.monotonic()
+        fault = self._fault
+        if fault is None:
+            fault = self._fault = Fault(error, since=now, refused=refused, logged_at=now)
+            logger.error(
+                "the store cannot write: %s; new tasks are refused (503) and %d status updates are kept"
+                " to write again, retrying every %g to %g s until it clears",
+                error,
+                len(self._unsaved),
+                RETRY_S,
+                RETRY_MAX_S,
+            )
+            return fault
+        fault.failures += 1
+        fault.all_failures += 1
+        fault.refused += refused
+        if now - fault.logged_at >= SUMMARY_S:
+            logger.warning(
+                "the store still cannot write after %.0f s: %s; %d failed writes and %d refused tasks"
+                " in the last %.0f s, %d status updates waiting",
+                now - fault.since,
+                error,
+                fault.failures,
+                fault.refused,
+                now - fault.logged_at,
+                len(self._unsaved),
+            )
+            fault.failures = fault.refused = 0
+            fault.logged_at = now
+        return fault
+
+    def _cleared(self) -> None:
+        assert self._fault is not None
+        logger.warning(
+            "the store writes again, after %.1f s of: %s", time.monotonic() - self._fault.since, self._fault.error
         )
-        for insert in inserted:
-            insert.committed.set_exception((StoreError, StoreError("the store cannot write now"), None))
-        if isinstance(message, FetchReady):  # nothing fetched: the queue asks again soon
-            _reply(message.reply_to, ReadyTasks((), next_due_at=epoch_now() + RETRY_S))
-        if self._unsaved and self._retry_timer is None:
-            self._retry_timer = tell_later(self.actor_ref, RetryWrites(), RETRY_S)
+        self._fault = None
+
+    @staticmethod
+    def _refuse(inserts: list[InsertTask], reason: str) -> None:
+        for insert in inserts:
+            insert.committed.set_exception((StoreError, StoreError(reason), None))
 
     def _requeue_unfinished(self, max_attempts: int) -> None:
         failed = self._update(
@@ -261,6 +371,15 @@ class StoreActor(Actor):
                 "SELECT MIN(available_at) FROM tasks WHERE status = 'queued' AND available_at > ?", (now,)
             ).fetchone()[0]
         return ReadyTasks(tuple(QueuedTask(*row) for row in rows), next_due_at)
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """What the file at ``path`` is: (device, inode), or None if there is none."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _reply(to: pykka.ActorRef[Any], message: Any) -> None:

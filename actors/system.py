@@ -22,7 +22,7 @@ import pykka
 from actors.actions import ActionRegistry, registry
 from actors.commit_signal import CommitSignal
 from actors.dblock import DatabaseLock
-from actors.messages import Drain, Inspect, Migrate, NewTask, QueueState, Submit
+from actors.messages import Drain, Inspect, Migrate, NewTask, QueueState, StoreState, Submit
 from actors.migration import MigrationActor
 from actors.queue import QueueActor, QueueFull, ShuttingDown
 from actors.reader import TaskReader
@@ -107,8 +107,8 @@ class TaskSystem:
             raise NotAccepted("the queue is not running") from None
         except pykka.Timeout:
             self._give_up_waiting(committed)
-        except StoreError:
-            raise NotAccepted("the store cannot write now; try again") from None
+        except StoreError as e:
+            raise NotAccepted(str(e)) from None
         except ShuttingDown:
             raise NotAccepted("shutting down") from None
         except QueueFull:
@@ -126,8 +126,8 @@ class TaskSystem:
                 "the store took the task but did not confirm its commit in time: look it up before submitting it again",
                 maybe_stored=True,
             ) from None
-        except StoreError:
-            raise NotAccepted("the store cannot write now; try again") from None
+        except StoreError as e:
+            raise NotAccepted(str(e)) from None
 
     def problem(self) -> str | None:
         """Why the system cannot do its work, or None when the store and the queue are alive.
@@ -142,6 +142,11 @@ class TaskSystem:
     def inspect(self, timeout: float = 1.0) -> QueueState:
         """What the queue holds now; raises pykka.Timeout or ActorDeadError if it does not answer."""
         state: QueueState = self.queue.ask(Inspect(), block=True, timeout=timeout)
+        return state
+
+    def inspect_store(self, timeout: float = 1.0) -> StoreState:
+        """What the store is going through; raises pykka.Timeout or ActorDeadError if it does not answer."""
+        state: StoreState = self.store.ask(Inspect(), block=True, timeout=timeout)
         return state
 
     def stop(self, timeout: float = 8.0) -> None:

@@ -1,4 +1,5 @@
-"""``GET /health``: 200 once the schema is migrated, the store is alive and the queue answers."""
+"""``GET /health``: 200 when the service can take and run tasks; 503 with the reason when it cannot
+(an actor has stopped, the store cannot write, the database file is damaged, or it is shutting down)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import falcon
 import pykka
 
 from actors import TaskSystem
+from actors.messages import QueueState
 
 __all__ = ["Health"]
 
@@ -15,17 +17,17 @@ class Health:
         self._system = system
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        problem = self._system.problem() or (None if self._system.accepting else "shutting down")
-        if problem is None:
-            try:
-                queue = self._system.inspect()
-            except (pykka.Timeout, pykka.ActorDeadError):
-                problem = "the queue does not answer"
-        if problem is not None:
-            resp.status = falcon.HTTP_503
-            resp.media = {"status": "unavailable", "error": problem}
-            return
+        problem, queue = self._check()
         pending, stalled = self._system.pending_submits
+        if problem is not None or queue is None:
+            resp.status = falcon.HTTP_503
+            resp.media = {
+                "status": "unavailable",
+                "error": problem,
+                "pending_submits": pending,
+                "stalled_submits": stalled,
+            }
+            return
         resp.media = {
             "status": "ok",
             "schema_version": self._system.schema_version,
@@ -37,3 +39,20 @@ class Health:
             "pending_submits": pending,
             "stalled_submits": stalled,
         }
+
+    def _check(self) -> tuple[str | None, QueueState | None]:
+        """Why the service cannot take and run tasks now (None if it can), and the queue's state."""
+        system = self._system
+        problem = system.problem() or (None if system.accepting else "shutting down") or system.reader.damage
+        if problem is not None:
+            return problem, None
+        try:
+            store = system.inspect_store()
+        except (pykka.Timeout, pykka.ActorDeadError):
+            return "the store does not answer (it may be waiting for another process's lock)", None
+        if store.fault is not None:
+            return store.fault, None
+        try:
+            return None, system.inspect()
+        except (pykka.Timeout, pykka.ActorDeadError):
+            return "the queue does not answer", None

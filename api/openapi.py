@@ -6,11 +6,13 @@ the API that is not made here too fails the tests.
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 import falcon
 
 from actors.db import STATUSES
+from actors.jsonvalues import MAX_DEPTH
 from api.tasks import DEFAULT_LIMIT, MAX_ACTION_LENGTH, MAX_LIMIT
 
 __all__ = ["OpenApi", "openapi_document"]
@@ -39,7 +41,15 @@ SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
         "required": ["error"],
-        "properties": {"error": {"type": "string"}},
+        "properties": {
+            "error": {"type": "string"},
+            "id": {
+                "type": "string",
+                "format": "uuid",
+                "description": "only on a 503 of POST /tasks whose task may have been stored: look it up before"
+                " submitting again",
+            },
+        },
         "additionalProperties": False,
     },
     "Submission": {
@@ -53,7 +63,12 @@ SCHEMAS: dict[str, Any] = {
                 "pattern": r"\S",
                 "description": "what to do: uppercase, sum, or any action registered by the service",
             },
-            "data": {"type": "object", "description": "the action's input (default {})"},
+            "data": {
+                "type": "object",
+                "nullable": True,
+                "description": f"the action's input (default {{}}); integers within the signed 64-bit range,"
+                f" nested at most {MAX_DEPTH} levels",
+            },
         },
     },
     "Accepted": {
@@ -79,7 +94,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {"type": "string", "format": "uuid"},
             "action": {"type": "string"},
-            "data": {"type": "object"},
+            "data": {"type": "object", "nullable": True, "description": "null only if unreadable"},
             "status": {"type": "string", "enum": list(STATUSES)},
             "result": {"type": "object", "nullable": True},
             "error": {"type": "string", "nullable": True},
@@ -87,6 +102,10 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": NULLABLE_TIME,
             "processed_at": NULLABLE_TIME,
+            "unreadable": {
+                "type": "string",
+                "description": "present only when a stored value cannot be shown (a damaged row): which, and why",
+            },
         },
         "additionalProperties": False,
     },
@@ -118,9 +137,22 @@ SCHEMAS: dict[str, Any] = {
     "Unavailable": {
         "type": "object",
         "required": ["status", "error"],
-        "properties": {"status": {"type": "string", "enum": ["unavailable"]}, "error": {"type": "string"}},
+        "properties": {
+            "status": {"type": "string", "enum": ["unavailable"]},
+            "error": {"type": "string", "description": "why"},
+            "pending_submits": {"type": "integer"},
+            "stalled_submits": {"type": "integer"},
+        },
     },
 }
+
+
+def package_version() -> str:
+    """The installed package's version (setup.py), or "unknown" when run from a tree that is not installed."""
+    try:
+        return importlib.metadata.version("task-queue")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def openapi_document(auth: bool) -> dict[str, Any]:
@@ -145,7 +177,11 @@ def openapi_document(auth: bool) -> dict[str, Any]:
                     "400": _error("the body is not valid JSON, or not a valid submission"),
                     "413": _error("the body is too large"),
                     "415": _error("the body is not declared as application/json"),
-                    "503": _error("not committed: shutting down, overloaded or the store is failing", RETRY_AFTER),
+                    "503": _error(
+                        "not committed: shutting down, overloaded or the store is failing; with an `id` (and a"
+                        " Location), the store took the task but did not confirm it in time: look it up",
+                        RETRY_AFTER,
+                    ),
                     **unauthorized,
                 },
                 **secured,
@@ -170,6 +206,7 @@ def openapi_document(auth: bool) -> dict[str, Any]:
                 "responses": {
                     "200": _ok("a page of tasks", "TaskList"),
                     "400": _error("a parameter is invalid"),
+                    "503": _error("the database cannot be read", RETRY_AFTER),
                     **unauthorized,
                 },
                 **secured,
@@ -180,7 +217,12 @@ def openapi_document(auth: bool) -> dict[str, Any]:
                 "summary": "One task",
                 "operationId": "getTask",
                 "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _ok("the task", "Task"), "404": _error("no such task"), **unauthorized},
+                "responses": {
+                    "200": _ok("the task", "Task"),
+                    "404": _error("no such task"),
+                    "503": _error("the database cannot be read", RETRY_AFTER),
+                    **unauthorized,
+                },
                 **secured,
             }
         },
@@ -214,7 +256,7 @@ def openapi_document(auth: bool) -> dict[str, Any]:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return {
         "openapi": "3.0.3",
-        "info": {"title": "task-queue", "version": "1.0.0", "description": "A durable task queue."},
+        "info": {"title": "task-queue", "version": package_version(), "description": "A durable task queue."},
         "paths": paths,
         "components": components,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import sqlite3
 import subprocess
 import sys
@@ -111,3 +112,15 @@ def set_immutable(paths: list[str], immutable: bool) -> None:
             flag = "+i" if immutable else "-i"
             done = subprocess.run(["chattr", flag, path], check=False, capture_output=True, text=True)
             assert done.returncode == 0, f"chattr needs root and a filesystem with attributes: {done.stderr}"
+
+
+def damage(db_path: str, seed: int = 1) -> None:
+    """Write random bytes over every other page of the file after its first two (the schema survives)."""
+    rng = random.Random(seed)
+    with open(db_path, "r+b") as f:
+        header = f.read(100)
+        page_size = int.from_bytes(header[16:18], "big")
+        pages = os.path.getsize(db_path) // page_size
+        for page in range(3, pages + 1, 2):  # numbered from 1
+            f.seek((page - 1) * page_size)
+            f.write(rng.randbytes(page_size))

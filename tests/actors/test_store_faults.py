@@ -1,8 +1,9 @@
-"""The store under real SQLite faults: another process holding the write lock, a full database."""
+"""The store under real SQLite faults: another process holding the write lock, a read-only file, a full database."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 
@@ -12,6 +13,7 @@ from actors.messages import (
     CompleteTask,
     FetchReady,
     InsertTask,
+    Inspect,
     MarkRunning,
     Migrate,
     NewTask,
@@ -20,7 +22,7 @@ from actors.messages import (
 )
 from actors.migration import MigrationActor
 from actors.store import StoreActor, StoreError
-from tests.helpers import WriteLockHolder, receive, row, start_recorder, wait_until
+from tests.helpers import WriteLockHolder, receive, row, set_immutable, start_recorder, wait_until
 
 
 @pytest.fixture
@@ -110,3 +112,31 @@ def test_a_full_database_refuses_inserts_and_accepts_them_again_when_space_is_fr
     store.tell(InsertTask(NewTask("after", "x", f'{{"blob": "{big}"}}', utc_now()), committed, queue))
     committed.get(timeout=10)
     assert row(db_path, "after") is not None
+
+
+def test_a_lasting_fault_is_retried_with_a_backoff_logged_once_and_once_more_when_it_clears(db_path, caplog):
+    MigrationActor.start(db_path).ask(Migrate(), timeout=10)
+    store = StoreActor.start(db_path)
+    queue, _ = start_recorder()
+    insert(store, queue, 1).get(timeout=10)
+    files = [db_path, db_path + "-wal"]
+    set_immutable(files, True)  # read-only, even for root
+    try:
+        started = time.monotonic()
+        store.tell(MarkRunning("task-1", utc_now()))  # an update that cannot be written, so is kept
+        state = wait_until(
+            lambda: (s := store.ask(Inspect(), timeout=5)).failed_writes >= 3 and s, what="three failed writes"
+        )
+        took = time.monotonic() - started
+    finally:
+        set_immutable(files, False)
+
+    assert took >= 1.5, "the tries after the first wait 0.5 s, then 1 s: no busy loop"
+    assert state.fault == "the store cannot write: disk I/O error"
+    assert state.unsaved_updates == 1
+    wait_until(lambda: store.ask(Inspect(), timeout=5).fault is None, what="the fault to clear by itself")
+    assert row(db_path, "task-1")["status"] == "running"
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "actors.store"]
+    assert [level for level, _ in lines] == ["ERROR", "WARNING"], lines
+    assert lines[0][1].startswith("the store cannot write: disk I/O error; new tasks are refused (503)")
+    assert lines[1][1].startswith("the store writes again, after ")

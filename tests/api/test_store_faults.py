@@ -31,16 +31,28 @@ def all_completed(client: testing.TestClient, ids: list[str]) -> bool:
     return all(client.simulate_get(f"/tasks/{i}").json["status"] == "completed" for i in ids)
 
 
+def assert_unhealthy(client: testing.TestClient, reason: str) -> None:
+    health = client.simulate_get("/health")
+    assert health.status_code == 503, health.text
+    assert (health.json["status"], health.json["error"]) == ("unavailable", f"the store cannot write: {reason}")
+
+
+def healthy_again(client: testing.TestClient) -> None:
+    """The store finds out by itself that the fault cleared, with no new writes to tell it."""
+    wait_until(lambda: client.simulate_get("/health").status_code == 200, what="/health to answer 200 again")
+
+
 def test_busy_database_refuses_submits_then_recovers(client, db_path):
     before = submit(client).json["id"]
     lock = WriteLockHolder(db_path)
     try:
         assert_refused(submit(client))
         assert client.simulate_get("/tasks").status_code == 200, "reads go on while the writer is locked out"
-        assert client.simulate_get("/health").status_code == 200
+        assert_unhealthy(client, "database is locked")
     finally:
         lock.release()
 
+    healthy_again(client)
     after = submit(client)
     assert after.status_code == 202
     wait_until(lambda: all_completed(client, [before, after.json["id"]]), what="both tasks to complete")
@@ -54,9 +66,11 @@ def test_read_only_database_file_refuses_submits_then_recovers(client, db_path):
     try:
         assert_refused(submit(client))
         assert client.simulate_get(f"/tasks/{before}").json["status"] == "completed"
+        assert_unhealthy(client, "disk I/O error")  # what SQLite says when the WAL cannot be written
     finally:
         set_immutable(files, False)
 
+    healthy_again(client)
     after = submit(client)
     assert after.status_code == 202
     wait_until(lambda: all_completed(client, [after.json["id"]]), what="the task after the fault")

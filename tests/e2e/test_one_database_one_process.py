@@ -32,9 +32,7 @@ def run_once(*flags: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_second_process_on_the_same_database_exits_1_naming_the_pid_and_leaves_the_first_alone(
-    services, tmp_path
-):
+def test_a_second_process_on_the_same_database_exits_1_naming_the_pid_and_leaves_the_first_alone(services, tmp_path):
     db = str(tmp_path / "tasks.db")
     first = Service(db, tmp_path / "first.log", "--work-delay-ms", "1500", "--workers", "1").start()
     services.append(first)
