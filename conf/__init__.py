@@ -170,14 +170,13 @@ def _from_env(values: Mapping[str, Mapping[str, Any]], env: Mapping[str, str]) -
 
 def unknown_environment_variables(env: Mapping[str, str]) -> list[str]:
     """A warning for each ``TASK_QUEUE_*`` variable of ``env`` that names no setting (a typo, say)."""
-    known = {
-        f"{ENV_PREFIX}{section}_{key}".upper() for section, keys in _read_toml(DEFAULT_FILE).items() for key in keys
-    }
+    settings = [f"{section}_{key}".upper() for section, keys in _read_toml(DEFAULT_FILE).items() for key in keys]
+    known = {ENV_PREFIX + setting for setting in settings}
     warnings = []
     for name in sorted(env):
         if name.startswith(ENV_PREFIX) and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
+            close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), settings, n=1, cutoff=0.75)
+            hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
             warnings.append(f"environment variable {name} names no setting and is ignored{hint}")
     return warnings
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import orjson
@@ -136,3 +137,31 @@ def test_unsupported_methods_are_a_json_405(client, method, path):
 @pytest.mark.parametrize("path", ["/", "/task", "/tasks/a/b", "/../etc/passwd", "/tasks%00"])
 def test_unknown_paths_are_a_json_404(client, path):
     assert_json_error(client.simulate_get(path), 404)
+
+
+header_values = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=60)
+
+
+@FUZZ
+@given(
+    name=st.sampled_from(
+        ["Content-Type", "Authorization", "Accept", "Host", "X-Anything"]
+    ),  # waitress checks Content-Length
+    value=header_values,
+    method=st.sampled_from(["GET", "POST"]),
+    path=st.sampled_from(["/tasks", "/tasks/x", "/health", "/openapi.json"]),
+)
+def test_any_header_value_gets_an_answer_or_a_json_4xx_never_a_5xx(client, name, value, method, path):
+    result = client.simulate_request(method, path, body=b'{"action": "x"}', headers={name: value})
+
+    assert result.status_code < 500, result.text
+    if result.status_code >= 400:
+        assert_json_error(result, result.status_code)
+
+
+@FUZZ
+@given(task_id=st.text(st.characters(codec="utf-8"), min_size=1, max_size=300).filter(lambda t: "/" not in t))
+def test_any_task_id_in_the_path_is_a_json_404(client, task_id):
+    result = client.simulate_get("/tasks/" + urllib.parse.quote(task_id, safe=""))
+
+    assert_json_error(result, 404)

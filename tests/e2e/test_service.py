@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -110,3 +111,27 @@ def test_a_bad_start_exits_non_zero_with_the_reason(flags, code, message):
 
     assert process.returncode == code
     assert message in process.stderr
+
+
+def test_after_sigterm_new_connections_are_refused_while_the_workers_finish(services, tmp_path):
+    service = start(services, tmp_path, "--work-delay-ms", "1500", "--workers", "1")
+    task_id = service.submit({"action": "uppercase", "data": {"text": "last"}})
+    wait_until(lambda: service.request("GET", f"/tasks/{task_id}")[1]["status"] == "running", what="the task to run")
+    assert service.process is not None
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+
+    service.process.send_signal(signal.SIGTERM)
+
+    def refused() -> bool:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_until(refused, what="the listener to close")
+    assert service.process.poll() is None, "still running: the worker finishes its task first"
+    assert service.process.wait(10) == 0
+    again = start(services, tmp_path, "--work-delay-ms", "0")
+    task = again.wait_finished(task_id)
+    assert (task["status"], task["attempts"]) == ("completed", 1)
