@@ -11,19 +11,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import signal
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import waitress
-
 from actors import DatabaseInUse, TaskSystem, start_system
 from api import create_app
+from api.server import Server, listen, raise_open_files_limit, url_of
 from conf import Config, ConfigError, load_config, unknown_environment_variables
 
 logger = logging.getLogger("task_queue")
@@ -53,78 +50,10 @@ def build_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
-def waitress_options(config: Config) -> dict[str, Any]:
-    """The server settings but the address, shared with the benchmark's ceiling app (bench/ceiling.py)."""
-    channel_timeout_s = config.server.channel_timeout_s
-    return {
-        "threads": config.server.threads,
-        "connection_limit": connection_limit(config),
-        "backlog": config.server.listen_backlog,
-        "channel_timeout": channel_timeout_s,
-        "cleanup_interval": max(1, min(30, channel_timeout_s // 3)),
-        "max_request_body_size": 4 * config.server.max_body_bytes,
-        "asyncore_use_poll": True,
-        "ident": "task-queue",
-    }
-
-
-def raise_open_files_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit; return the limit now in force.
-
-    Every connection is a file descriptor, and the soft limit is often 1,024: a few idle
-    connections too many would otherwise lock every client out.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as e:
-            logger.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, e)
-    return soft
-
-
-def connection_limit(config: Config) -> int:
-    """``server.connection_limit``, kept below the open files limit less what the rest of the process needs."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    reserve = 4 * config.server.threads + 64  # a read-only SQLite connection per thread (3 files each), and more
-    if soft == resource.RLIM_INFINITY:
-        return config.server.connection_limit
-    return max(1, min(config.server.connection_limit, soft - reserve))
-
-
-def listen(config: Config) -> socket.socket:
-    """Bind and listen on ``server.host:port`` (raises OSError if it cannot), before the database is touched."""
-    host = config.server.host
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, config.server.port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP, socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(config.server.listen_backlog)  # clients that come during start-up wait in the backlog
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
-
-
 def tune_interpreter(config: Config) -> None:
     """Interpreter settings for serving, shared with the benchmark's ceiling app."""
     sys.setswitchinterval(config.server.switch_interval_us / 1_000_000)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N" under load
-
-
-def create_server(config: Config, system: TaskSystem, sock: socket.socket) -> Any:
-    return waitress.create_server(create_app(system), sockets=[sock], **waitress_options(config))
 
 
 class Watchdog(threading.Thread):
@@ -138,6 +67,8 @@ class Watchdog(threading.Thread):
 
     def run(self) -> None:
         while not self._done.wait(WATCHDOG_INTERVAL_S):
+            if not self._system.accepting:
+                return  # stopping: the actors stop on purpose now
             problem = self._system.problem()
             if problem is not None:
                 self.failure = problem
@@ -151,10 +82,18 @@ class Watchdog(threading.Thread):
 
 
 class StopSignal:
-    """Handles SIGINT and SIGTERM: stop accepting tasks, end waitress's loop, remember when."""
+    """Handles SIGINT and SIGTERM, and stops the service gracefully on a thread of its own.
 
-    def __init__(self, system: TaskSystem) -> None:
+    The first signal refuses new submits at once and starts the stop: close the listening
+    socket, stop the actors (the workers finish what they hold, the store commits), close
+    each connection once its last answer is out, then end waitress's loop with a signal to
+    itself. Any later signal ends the loop at once.
+    """
+
+    def __init__(self, system: TaskSystem, server: Server) -> None:
         self._system = system
+        self._server = server
+        self._stopper: threading.Thread | None = None
         self.received_at: float | None = None
 
     def install(self) -> None:
@@ -162,12 +101,29 @@ class StopSignal:
         signal.signal(signal.SIGINT, self)
 
     def __call__(self, signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if self.received_at is not None:
+            raise SystemExit(0)  # ends waitress's loop
         logger.info("received %s, stopping", signal.Signals(signum).name)
         self.received_at = time.monotonic()
         self._system.accepting = False  # submits from now on get 503 at once
-        raise SystemExit(0)  # ends waitress's loop; it lets running requests finish
+        self._stopper = threading.Thread(target=self._stop, name="stopper", daemon=True)
+        self._stopper.start()
+
+    def _stop(self) -> None:
+        self._server.close_listener()
+        actors = threading.Thread(target=self._system.stop, args=(self.time_left() - 1,), name="stop-actors")
+        actors.start()
+        if not self._server.close_connections_when_answered(max(0.1, self.time_left() - 0.5), meanwhile=actors):
+            logger.warning("connections still busy at the stop's deadline are cut off")
+        actors.join()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def finish(self) -> None:
+        """After the loop: wait for the stop under way, or stop the actors if none was."""
+        if self._stopper is None:
+            self._system.stop(self.time_left())
+        else:
+            self._stopper.join()
 
     def time_left(self) -> float:
         """Of the STOP_DEADLINE_S the process has to exit in once signalled."""
@@ -204,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
     server = None
     watchdog = Watchdog(system)
-    stop_signal = StopSignal(system)
     try:
-        server = create_server(config, system, sock)
+        server = Server(create_app(system), sock, config)
+        stop_signal = StopSignal(system, server)
         stop_signal.install()
         watchdog.start()
         logger.info(
@@ -215,16 +171,18 @@ def main(argv: list[str] | None = None) -> int:
             Path(config.store.path).resolve(),
             config.workers.count,
             system.schema_version,
-            server.adj.connection_limit,
+            server.connection_limit,
         )
         server.run()
     finally:
-        if server is not None:
-            server.close()
-        sock.close()
         if watchdog.is_alive():
             watchdog.stop()
-        system.stop(stop_signal.time_left())
+        if server is None:
+            system.stop()
+        else:
+            stop_signal.finish()
+            server.close()
+        sock.close()
     logger.info("stopped")
     return 1 if watchdog.failure else 0
 

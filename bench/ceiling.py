@@ -2,7 +2,7 @@
 
     python -m bench.ceiling [--port 0]
 
-It runs with the service's own server settings (run.waitress_options, run.tune_interpreter), so the benchmark can
+It runs with the service's own server settings (api.server.waitress_options, run.tune_interpreter), so the benchmark can
 report the service's figures as ratios to what waitress and Falcon manage on this machine.
 """
 
@@ -15,8 +15,9 @@ import uuid
 import falcon
 import waitress
 
+from api.server import listen, url_of, waitress_options
 from conf import load_config
-from run import listen, tune_interpreter, url_of, waitress_options
+from run import tune_interpreter
 
 
 class Tasks:

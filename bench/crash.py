@@ -10,7 +10,11 @@ service runs once more until every task is finished. Then every accepted id must
 must say ``ok``. With ``--signal TERM`` every stop must also exit 0 within 10 s.
 
 Requests cut off by the kill get no answer: the task may or may not have been committed,
-and the client cannot know. They are counted as "unanswered", not as accepted.
+and the client cannot know. They are counted as "unanswered", not as accepted. A connection
+refused (the service has closed its listening socket, or is not up) sends nothing, so it is
+counted apart. After SIGTERM the service answers every request it has received before it
+closes a connection; what is left is the race of any keep-alive connection: a request sent
+just as the server closes the idle connection is never read (so never committed).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Report:
     trials: int = 0
     accepted: set[str] = field(default_factory=set)
     unanswered: int = 0  # requests cut off by a stop: committed or not, the client cannot know
+    connections_refused: int = 0  # nothing sent: the listening socket was closed
     refused: int = 0  # 503s (for instance while stopping)
     exit_codes: Counter[int] = field(default_factory=Counter)
     slowest_stop_s: float = 0.0
@@ -69,6 +74,7 @@ class Report:
             ("listed more than once", str(self.listed_twice)),
             ("ran more than once (at-least-once)", str(self.ran_again)),
             ("requests cut off unanswered", str(self.unanswered)),
+            ("connections refused (nothing sent)", str(self.connections_refused)),
             ("refused with 503", str(self.refused)),
             ("exit codes", ", ".join(f"{code}: {n}" for code, n in sorted(self.exit_codes.items()))),
             ("slowest stop", f"{self.slowest_stop_s:.2f} s"),
@@ -95,6 +101,10 @@ class Submitter(threading.Thread):
                 conn.request("POST", "/tasks", BODIES[n % 3], {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 answer = orjson.loads(response.read())
+            except ConnectionRefusedError:
+                with self._lock:
+                    self._report.connections_refused += 1
+                break  # the server is gone, or going
             except (OSError, http.client.HTTPException):
                 with self._lock:
                     self._report.unanswered += 1

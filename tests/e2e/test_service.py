@@ -6,12 +6,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.e2e.service import ROOT, Service
-from tests.helpers import wait_until
+from tests.helpers import WriteLockHolder, wait_until
 
 TUTORIAL_TASKS = [
     ({"action": "uppercase", "data": {"text": "hello world"}}, {"output": "HELLO WORLD"}),
@@ -33,6 +35,15 @@ def start(services: list[Service], tmp_path, *flags: str) -> Service:
     service = Service(str(tmp_path / "data" / "tasks.db"), tmp_path / f"run{len(services)}.log", *flags)
     services.append(service)
     return service.start()
+
+
+def listener_closed(service: Service) -> bool:
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def test_tasks_complete_and_survive_a_restart(services, tmp_path):
@@ -118,20 +129,34 @@ def test_after_sigterm_new_connections_are_refused_while_the_workers_finish(serv
     task_id = service.submit({"action": "uppercase", "data": {"text": "last"}})
     wait_until(lambda: service.request("GET", f"/tasks/{task_id}")[1]["status"] == "running", what="the task to run")
     assert service.process is not None
-    host, port = service.url.removeprefix("http://").rsplit(":", 1)
 
     service.process.send_signal(signal.SIGTERM)
 
-    def refused() -> bool:
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-        except ConnectionRefusedError:
-            return True
-        return False
-
-    wait_until(refused, what="the listener to close")
+    wait_until(lambda: listener_closed(service), what="the listener to close")
     assert service.process.poll() is None, "still running: the worker finishes its task first"
     assert service.process.wait(10) == 0
     again = start(services, tmp_path, "--work-delay-ms", "0")
     task = again.wait_finished(task_id)
     assert (task["status"], task["attempts"]) == ("completed", 1)
+
+
+def test_a_submit_in_progress_at_sigterm_gets_its_answer_before_the_connection_closes(services, tmp_path):
+    service = start(services, tmp_path, "--work-delay-ms", "0")
+    lock = WriteLockHolder(service.db_path)  # the submit waits for its commit behind this lock
+    answers: list[tuple[int, Any, dict[str, str]]] = []
+    submit = threading.Thread(target=lambda: answers.append(service.call("POST", "/tasks", {"action": "x"})))
+    try:
+        submit.start()
+        wait_until(lambda: service.request("GET", "/health")[1]["pending_submits"] == 1, what="the submit to wait")
+        assert service.process is not None
+        service.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: listener_closed(service), what="the listener to close")
+    finally:
+        lock.release()  # the commit goes through while the service stops
+    submit.join(30)
+
+    status, answer, headers = answers[0]
+    assert (status, headers["connection"]) == (202, "close")
+    assert service.process.wait(10) == 0
+    again = start(services, tmp_path, "--work-delay-ms", "0")
+    assert again.wait_finished(answer["id"])["status"] == "completed"
