@@ -85,9 +85,10 @@ class StopSignal:
     """Handles SIGINT and SIGTERM, and stops the service gracefully on a thread of its own.
 
     The first signal refuses new submits at once and starts the stop: close the listening
-    socket, stop the actors (the workers finish what they hold, the store commits), close
-    each connection once its last answer is out, then end waitress's loop with a signal to
-    itself. Any later signal ends the loop at once.
+    socket; stop the work (the workers finish what they hold) while requests already received
+    are answered; close each connection once it has no request in hand; end waitress's loop.
+    Then :meth:`finish`, on the main thread, closes the store. A second signal ends the loop
+    at once.
     """
 
     def __init__(self, system: TaskSystem, server: Server) -> None:
@@ -95,6 +96,7 @@ class StopSignal:
         self._server = server
         self._stopper: threading.Thread | None = None
         self.received_at: float | None = None
+        self.loop_ended = threading.Event()
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self)
@@ -102,7 +104,9 @@ class StopSignal:
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.received_at is not None:
-            raise SystemExit(0)  # ends waitress's loop
+            if not self.loop_ended.is_set():
+                raise SystemExit(0)  # ends waitress's loop at once
+            return
         logger.info("received %s, stopping", signal.Signals(signum).name)
         self.received_at = time.monotonic()
         self._system.accepting = False  # submits from now on get 503 at once
@@ -110,20 +114,24 @@ class StopSignal:
         self._stopper.start()
 
     def _stop(self) -> None:
-        self._server.close_listener()
-        actors = threading.Thread(target=self._system.stop, args=(self.time_left() - 1,), name="stop-actors")
-        actors.start()
-        if not self._server.close_connections_when_answered(max(0.1, self.time_left() - 0.5), meanwhile=actors):
-            logger.warning("connections still busy at the stop's deadline are cut off")
-        actors.join()
-        os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            self._server.close_listener()
+            work = threading.Thread(target=self._system.stop_work, args=(self.time_left() - 1,), name="stop-work")
+            work.start()
+            if not self._server.close_connections_when_answered(max(0.1, self.time_left() - 1), meanwhile=work):
+                logger.warning("connections still busy at the stop's deadline are cut off")
+            work.join()
+        finally:
+            self._server.end_loop()
 
     def finish(self) -> None:
-        """After the loop: wait for the stop under way, or stop the actors if none was."""
+        """After the loop: let the stop under way end, then close the store (or stop everything, if none was)."""
+        self.loop_ended.set()
         if self._stopper is None:
             self._system.stop(self.time_left())
         else:
             self._stopper.join()
+            self._system.close(self.time_left())
 
     def time_left(self) -> float:
         """Of the STOP_DEADLINE_S the process has to exit in once signalled."""

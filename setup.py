@@ -11,7 +11,7 @@ setup(
     install_requires=[
         "pykka>=4.1,<5",
         "falcon>=4.0,<5",
-        "waitress>=3.0.1,<4",
+        "waitress>=3.0.1,<3.1",  # api/server.py's graceful stop reaches into its loop
         "orjson>=3.10,<4",
     ],
     extras_require={

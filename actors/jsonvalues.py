@@ -53,8 +53,10 @@ def loads_exact(body: bytes) -> Any:
                 json.loads(body, parse_int=_checked_int)
         raise
     if long_digits:
-        _check(document, "the body", 0)  # first, so the second parse cannot recurse too deeply
-        json.loads(body, parse_int=_checked_int)
+        try:
+            json.loads(body, parse_int=_checked_int)
+        except RecursionError:  # deeper than the standard library goes, and far beyond MAX_DEPTH
+            raise NotStorable(f"the body is nested more than {MAX_DEPTH} levels deep") from None
     return document
 
 
@@ -78,7 +80,7 @@ def _check(value: Any, what: str, depth: int) -> None:
         return
     elif isinstance(value, int):
         if not INT_MIN <= value <= INT_MAX:
-            raise NotStorable(f"{what} has an integer outside {INT_RANGE}; use a string")
+            raise NotStorable(f"{what} has an integer outside {INT_RANGE}")
         return
     elif isinstance(value, float):
         if not math.isfinite(value):

@@ -22,6 +22,7 @@ __all__ = [
     "Execute",
     "FailTask",
     "FetchReady",
+    "FileMoved",
     "Flush",
     "InsertTask",
     "Inspect",
@@ -242,6 +243,11 @@ class FetchReady:
 @dataclass(frozen=True, slots=True)
 class Flush:
     """The store's note to itself: commit what has been written since the last commit."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileMoved:
+    """The store's note to itself, found between writes: the database file is not the one it writes; stop."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,21 +95,31 @@ class TaskReader:
 
 def _as_task(row: sqlite3.Row) -> tuple[dict[str, Any], Cursor]:
     unreadable: list[str] = []
-    task = {
-        "id": row["id"],
-        "action": row["action"],
+
+    def text(column: str) -> str | None:
+        """A text column as stored; anything else (a damaged row, a hand edit) as text, and said so."""
+        value = row[column]
+        if value is None or isinstance(value, str):
+            return value
+        unreadable.append(f"{column} is not text in the database")
+        return str(value)
+
+    created_at = text("created_at") or ""
+    task: dict[str, Any] = {
+        "id": text("id"),
+        "action": text("action"),
         "data": _stored_json(row["payload"], "data", unreadable),
-        "status": row["status"],
+        "status": text("status"),
         "result": None if row["result"] is None else _stored_json(row["result"], "result", unreadable),
-        "error": row["error"],
-        "attempts": row["attempts"],
-        "created_at": row["created_at"],
-        "started_at": row["started_at"],
-        "processed_at": row["processed_at"],
+        "error": text("error"),
+        "attempts": row["attempts"] if isinstance(row["attempts"], int) else 0,
+        "created_at": created_at,
+        "started_at": text("started_at"),
+        "processed_at": text("processed_at"),
     }
     if unreadable:
         task["unreadable"] = "; ".join(unreadable)
-    return task, (row["created_at"], row["seq"])
+    return task, (created_at, row["seq"])
 
 
 def _stored_json(text: Any, name: str, unreadable: list[str]) -> orjson.Fragment | None:

@@ -10,6 +10,7 @@ Protocol
               :class:`~actors.messages.Flush`        (sent to itself) -> commits
               :class:`~actors.messages.RetryWrites`  (its timer) -> writes unsaved updates again
               :class:`~actors.messages.Inspect`      (edges, by ask)
+              :class:`~actors.messages.FileMoved`    (sent to itself) -> stops (raises)
     replies   to Inspect: a :class:`~actors.messages.StoreState`; nothing else: answers go out as
               messages or through the ``committed`` futures
 
@@ -52,6 +53,7 @@ from actors.messages import (
     CompleteTask,
     FailTask,
     FetchReady,
+    FileMoved,
     Flush,
     InsertTask,
     Inspect,
@@ -162,26 +164,8 @@ class StoreActor(Actor):
         match message:
             case InsertTask():
                 self._insert(message)
-            case MarkRunning(task_id, started_at):
-                self._update(
-                    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ? WHERE id = ?",
-                    (started_at, task_id),
-                )
-            case CompleteTask(task_id, result, processed_at):
-                self._update(
-                    "UPDATE tasks SET status = 'completed', result = ?, error = NULL, processed_at = ? WHERE id = ?",
-                    (result, processed_at, task_id),
-                )
-            case RetryTask(task_id, error, available_at):
-                self._update(
-                    "UPDATE tasks SET status = 'queued', error = ?, available_at = ? WHERE id = ?",
-                    (error, available_at, task_id),
-                )
-            case FailTask(task_id, error, processed_at):
-                self._update(
-                    "UPDATE tasks SET status = 'failed', error = ?, processed_at = ? WHERE id = ?",
-                    (error, processed_at, task_id),
-                )
+            case MarkRunning() | CompleteTask() | RetryTask() | FailTask():
+                self._update(*_status_update(message))
             case RequeueUnfinished(max_attempts, reply_to):
                 self._requeue_unfinished(max_attempts)
                 _reply(reply_to, Recovered(self._count_unfinished()))
@@ -195,6 +179,8 @@ class StoreActor(Actor):
                 self._retry()
             case Inspect():
                 return self._state()
+            case FileMoved():
+                self._stop_for_moved_file()
             case _:
                 raise TypeError(f"unexpected message {message!r}")
         return None
@@ -223,7 +209,20 @@ class StoreActor(Actor):
         self._begin()
         return self.conn.execute(sql, params).rowcount
 
+    def _moved(self) -> bool:
+        """Whether the file at the database's path is no longer the file this store writes."""
+        return _file_id(self._db_path) != self._file_id
+
+    def _stop_for_moved_file(self) -> None:
+        raise DatabaseMoved(
+            f"the database file {self._db_path} was deleted or replaced while in use; its last writes went to"
+            " the file that was there before, and the service stops (a restart opens the file now at the path)"
+        )
+
     def _state(self) -> StoreState:
+        if self._moved():  # found between writes: stop, as after a commit
+            self.actor_ref.tell(FileMoved())
+            return StoreState("the database file was deleted or replaced", len(self._unsaved), 0)
         fault = self._fault
         if fault is None:
             return StoreState(fault=None, unsaved_updates=len(self._unsaved), failed_writes=0)
@@ -248,8 +247,6 @@ class StoreActor(Actor):
         self._updates[:0] = unsaved
         for sql, params in unsaved:
             self.conn.execute(sql, params)
-        if unsaved:
-            logger.info("wrote %d status updates again after a fault", len(unsaved))
 
     def _commit(self) -> None:
         if not self._in_transaction:
@@ -258,16 +255,14 @@ class StoreActor(Actor):
             self._begin()
         self.conn.execute("COMMIT")  # if this fails, _abort refuses the inserts and keeps the updates
         inserted, self._inserted = self._inserted, []
+        updates = len(self._updates)
         self._updates.clear()
         self._in_transaction = False
-        if _file_id(self._db_path) != self._file_id:
+        if self._moved():
             self._refuse(inserted, "the database file was deleted or replaced; the task was not stored")
-            raise DatabaseMoved(
-                f"the database file {self._db_path} was deleted or replaced while in use; its last writes went to"
-                " the file that was there before, and the service stops (a restart opens the file now at the path)"
-            )
+            self._stop_for_moved_file()
         if self._fault is not None:
-            self._cleared()
+            self._cleared(updates)
         # The queue hears of the tasks before their submitters do, so once a 202 is out the
         # queue already holds the news of that task.
         stored_by_queue: defaultdict[pykka.ActorRef[Any], list[QueuedTask]] = defaultdict(list)
@@ -328,12 +323,18 @@ class StoreActor(Actor):
             fault.logged_at = now
         return fault
 
-    def _cleared(self) -> None:
-        assert self._fault is not None
+    def _cleared(self, updates: int) -> None:
+        fault, self._fault = self._fault, None
+        assert fault is not None
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         logger.warning(
-            "the store writes again, after %.1f s of: %s", time.monotonic() - self._fault.since, self._fault.error
+            "the store writes again, after %.1f s of: %s; %d status updates written",
+            time.monotonic() - fault.since,
+            fault.error,
+            updates,
         )
-        self._fault = None
 
     @staticmethod
     def _refuse(inserts: list[InsertTask], reason: str) -> None:
@@ -373,11 +374,27 @@ class StoreActor(Actor):
         return ReadyTasks(tuple(QueuedTask(*row) for row in rows), next_due_at)
 
 
+def _status_update(message: MarkRunning | CompleteTask | RetryTask | FailTask) -> Update:
+    match message:
+        case MarkRunning(task_id, started_at):
+            sql = "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ? WHERE id = ?"
+            return sql, (started_at, task_id)
+        case CompleteTask(task_id, result, processed_at):
+            sql = "UPDATE tasks SET status = 'completed', result = ?, error = NULL, processed_at = ? WHERE id = ?"
+            return sql, (result, processed_at, task_id)
+        case RetryTask(task_id, error, available_at):
+            sql = "UPDATE tasks SET status = 'queued', error = ?, available_at = ? WHERE id = ?"
+            return sql, (error, available_at, task_id)
+        case FailTask(task_id, error, processed_at):
+            sql = "UPDATE tasks SET status = 'failed', error = ?, processed_at = ? WHERE id = ?"
+            return sql, (error, processed_at, task_id)
+
+
 def _file_id(path: str) -> tuple[int, int] | None:
-    """What the file at ``path`` is: (device, inode), or None if there is none."""
+    """What the file at ``path`` is: (device, inode), or None if there is none (or it cannot be looked at)."""
     try:
         stat = os.stat(path)
-    except FileNotFoundError:
+    except OSError:
         return None
     return stat.st_dev, stat.st_ino
 

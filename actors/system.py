@@ -151,6 +151,16 @@ class TaskSystem:
 
     def stop(self, timeout: float = 8.0) -> None:
         """Stop accepting, let the workers finish what they hold, flush the store, stop all."""
+        deadline = time.monotonic() + timeout
+        self.stop_work(timeout)
+        self.close(max(0.1, deadline - time.monotonic()))
+
+    def stop_work(self, timeout: float) -> None:
+        """Stop accepting and let the workers finish what they hold; the store and reads go on.
+
+        A graceful stop calls this while the HTTP server still answers the requests it has
+        received: a submit among them still gets its commit. :meth:`close` comes after.
+        """
         self.accepting = False
         deadline = time.monotonic() + timeout
 
@@ -160,14 +170,22 @@ class TaskSystem:
         workers: tuple[pykka.ActorRef[Any], ...] = ()
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             workers = self.queue.ask(Drain(), block=True, timeout=remaining())
+        for ref in (*workers, self.queue):
+            _stop_actor(ref, remaining())
+
+    def close(self, timeout: float) -> None:
+        """Close the readers, then stop the store, which commits the last writes; release the database."""
         self.reader.close()  # before the store: the last connection to close checkpoints the WAL away
-        for ref in (*workers, self.queue, self.store):
-            try:
-                ref.stop(timeout=remaining())
-            except pykka.Timeout:
-                logger.warning("%s did not stop in time; its task stays unfinished and runs after a restart", ref)
+        _stop_actor(self.store, timeout)
         if not self.store.is_alive():  # a store still writing keeps the database for itself
             self.lock.release()
+
+
+def _stop_actor(ref: pykka.ActorRef[Any], timeout: float) -> None:
+    try:
+        ref.stop(timeout=timeout)
+    except pykka.Timeout:
+        logger.warning("%s did not stop in time; its task stays unfinished and runs after a restart", ref)
 
 
 def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSystem:

@@ -6,8 +6,11 @@ shared with the benchmark's ceiling app, so the two are measured alike.
 
 A graceful stop (:class:`Server`) keeps waitress's loop running while the actors stop: the
 listening socket closes first (new connections are refused, so a load balancer sends them
-elsewhere), requests already received get their answers (the last with ``Connection:
-close``), idle connections are closed, and only then does the loop end.
+elsewhere), requests already received get their answers (with ``Connection: close`` once
+the stop has begun), idle connections are closed, and only then does the loop end.
+
+It reaches into waitress's loop (its connections, their requests, its trigger), which is
+why ``setup.py`` keeps waitress to 3.0.x; the end-to-end stop tests guard it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, TypeVar
 
 import falcon
 import waitress
+from waitress import wasyncore
 
 from conf import Config
 
@@ -49,8 +53,8 @@ def waitress_options(config: Config) -> dict[str, Any]:
     }
 
 
-def raise_open_files_limit() -> int:
-    """Raise the soft limit on open files to the hard limit; return the limit now in force.
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard limit.
 
     Every connection is a file descriptor, and the soft limit is often 1,024: a few idle
     connections too many would otherwise lock every client out.
@@ -59,10 +63,8 @@ def raise_open_files_limit() -> int:
     if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
         except (ValueError, OSError) as e:
             logger.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, e)
-    return soft
 
 
 def connection_limit(config: Config) -> int:
@@ -98,17 +100,19 @@ def url_of(sock: socket.socket) -> str:
 
 
 class Server:
-    """waitress serving ``app`` on ``sock``; :meth:`run` in the main thread, the stop from another."""
+    """waitress serving ``app`` on ``sock``: :meth:`run` in the main thread; the graceful stop from another."""
 
     def __init__(self, app: falcon.App, sock: socket.socket, config: Config) -> None:
         self._waitress: Any = waitress.create_server(app, sockets=[sock], **waitress_options(config))
         self.connection_limit: int = self._waitress.adj.connection_limit
 
     def run(self) -> None:
-        """Serve until the loop is ended (:class:`SystemExit` from a signal handler)."""
+        """Serve until :meth:`end_loop`, or until a signal handler raises :class:`SystemExit`."""
         self._waitress.run()
 
     def close(self) -> None:
+        """After the loop: stop the request threads and close what is left."""
+        self._waitress.task_dispatcher.shutdown(timeout=1)
         self._waitress.close()
 
     def close_listener(self) -> None:
@@ -120,13 +124,15 @@ class Server:
 
         From now on each request in hand is answered with ``Connection: close``, so its client
         goes away (and finds the listener closed). Once ``meanwhile`` (the actors stopping,
-        which the answers to submits wait for) has ended and no request has been in hand for
-        ``QUIET_LOOKS`` looks in a row, the idle connections left are closed.
+        which the answers to submits wait for) has ended and no request or answer has been in
+        hand for ``QUIET_LOOKS`` looks in a row, the idle connections left are closed.
         """
         deadline = time.monotonic() + timeout
         quiet = 0
         while quiet < QUIET_LOOKS:
             busy = self._in_loop(self._close_after_answer)
+            if busy is None:
+                return True  # the loop has ended already (a second signal)
             quiet = 0 if busy or meanwhile.is_alive() else quiet + 1
             if time.monotonic() > deadline:
                 return False
@@ -134,8 +140,13 @@ class Server:
         self._in_loop(self._close_idle)
         return True
 
+    def end_loop(self) -> None:
+        """Close every connection and the loop's own pipe: with nothing left to watch, :meth:`run` returns."""
+        self._in_loop(lambda: wasyncore.close_all(self._waitress._map))
+
     def _in_loop(self, thunk: Callable[[], T]) -> T | None:
-        """Run ``thunk`` in the loop's own thread, which alone may change its connections; return its result."""
+        """Run ``thunk`` in the loop's own thread, which alone may change its connections; return its result,
+        or None if the loop does not run it within a second (it has ended)."""
         results: queue.SimpleQueue[T] = queue.SimpleQueue()
         self._waitress.trigger.pull_trigger(lambda: results.put(thunk()))
         try:
@@ -150,12 +161,13 @@ class Server:
         server.socket.close()
 
     def _close_after_answer(self) -> int:
-        """Have each request in hand answered with ``Connection: close``; return how many there are."""
+        """Have each request in hand answered with ``Connection: close``; return how many requests and
+        answers still being written there are."""
         busy = 0
         for channel in list(self._waitress.active_channels.values()):
             for request in channel.requests:
                 request.headers["CONNECTION"] = "close"  # waitress reads it as it writes the answer's headers
-                busy += 1
+            busy += len(channel.requests) + bool(channel.total_outbufs_len)
         return busy
 
     def _close_idle(self) -> None:

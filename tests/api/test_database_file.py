@@ -65,3 +65,14 @@ def test_a_damaged_database_file_answers_reads_with_a_json_503_and_health_says_s
     assert listing.json == {"error": "the database file is damaged (database disk image is malformed)"}
     assert health.status_code == 503
     assert health.json["error"] == "the database file is damaged (database disk image is malformed)"
+
+
+def test_a_database_file_deleted_under_an_idle_service_is_found_by_health(client, system: TaskSystem, db_path):
+    system.inspect()  # the queue has started, and told the store what it writes at start-up
+    assert system.inspect_store().fault is None  # which the store has written
+    delete(db_path)
+
+    health = client.simulate_get("/health")
+
+    assert (health.status_code, health.json["error"]) == (503, "the database file was deleted or replaced")
+    wait_until(lambda: not system.store.is_alive(), what="the store to stop, for the process to exit 1")

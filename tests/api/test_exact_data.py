@@ -225,3 +225,24 @@ def test_any_data_comes_back_exactly_from_get_and_list_or_is_refused_with_a_400(
     listed = client.simulate_get("/tasks", params={"limit": 1}).json["tasks"]
     assert [t["id"] for t in listed] == [task_id]
     assert same(listed[0]["data"], data)
+
+
+def test_a_row_whose_text_columns_hold_blobs_still_renders_with_the_reason(client, db_path):
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute(
+            "INSERT INTO tasks (id, action, payload, status, error, attempts, created_at, available_at)"
+            " VALUES ('blobs', ?, X'7B7D', 'failed', ?, 1, ?, 0)",
+            (b"\xff\xfe", b"\x00", b"2026"),
+        )
+    conn.close()
+
+    listed = client.simulate_get("/tasks")
+    alone = client.simulate_get("/tasks/blobs")
+
+    assert listed.status_code == alone.status_code == 200
+    assert listed.json["tasks"] == [alone.json]
+    assert alone.json["data"] == {}  # JSON text stored as a blob is still JSON
+    assert alone.json["unreadable"] == (
+        "created_at is not text in the database; action is not text in the database; error is not text in the database"
+    )

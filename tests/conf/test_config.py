@@ -71,9 +71,9 @@ def test_environment_variables_that_name_no_setting_are_reported_with_a_suggesti
     ]
 
 
-def test_a_blank_auth_token_stops_run_py_with_exit_code_2():
+def test_a_blank_auth_token_stops_run_py_with_exit_code_2(tmp_path):
     process = subprocess.run(
-        [sys.executable, "run.py", "--port", "0"],
+        [sys.executable, "run.py", "--port", "0", "--db", str(tmp_path / "tasks.db")],
         cwd=ROOT,
         env={**os.environ, "TASK_QUEUE_SERVER_AUTH_TOKEN": " "},
         capture_output=True,

@@ -125,7 +125,7 @@ def test_a_bad_start_exits_non_zero_with_the_reason(flags, code, message):
 
 
 def test_after_sigterm_new_connections_are_refused_while_the_workers_finish(services, tmp_path):
-    service = start(services, tmp_path, "--work-delay-ms", "1500", "--workers", "1")
+    service = start(services, tmp_path, "--work-delay-ms", "3000", "--workers", "1")
     task_id = service.submit({"action": "uppercase", "data": {"text": "last"}})
     wait_until(lambda: service.request("GET", f"/tasks/{task_id}")[1]["status"] == "running", what="the task to run")
     assert service.process is not None
@@ -140,7 +140,8 @@ def test_after_sigterm_new_connections_are_refused_while_the_workers_finish(serv
     assert (task["status"], task["attempts"]) == ("completed", 1)
 
 
-def test_a_submit_in_progress_at_sigterm_gets_its_answer_before_the_connection_closes(services, tmp_path):
+def test_a_submit_in_progress_at_sigterm_gets_its_answer_before_the_connection_closes(services, tmp_path, monkeypatch):
+    monkeypatch.setenv("TASK_QUEUE_STORE_BUSY_TIMEOUT_MS", "30000")  # the store waits for the lock, not refuses
     service = start(services, tmp_path, "--work-delay-ms", "0")
     lock = WriteLockHolder(service.db_path)  # the submit waits for its commit behind this lock
     answers: list[tuple[int, Any, dict[str, str]]] = []
