@@ -7,8 +7,9 @@ Protocol
     then      stops itself; nothing else is written to the database before it has replied
 
 Before migrating, it checks the file with ``PRAGMA quick_check`` (0.4 s for 1,000,000 tasks
-with the file in the page cache, 4 s from a cold disk), so a damaged file stops the start
-with SQLite's error and what to do, instead of failing later on some page.
+with the file in the page cache, 4 s from a cold disk; ``store.check_on_start`` turns it
+off), so a damaged file stops the start with SQLite's error and what to do, instead of
+failing later on some page.
 
 Each migration runs in its own ``BEGIN IMMEDIATE`` transaction together with the row that
 records its version in ``schema_migrations``, so a failed migration leaves the previous
@@ -46,10 +47,11 @@ class DatabaseDamaged(Exception):
 class MigrationActor(Actor):
     """Receives Migrate; replies the schema version; then stops."""
 
-    def __init__(self, db_path: str, migrations: Migrations = MIGRATIONS) -> None:
+    def __init__(self, db_path: str, migrations: Migrations = MIGRATIONS, check: bool = True) -> None:
         super().__init__()
         self._db_path = db_path
         self._migrations = migrations
+        self._check = check
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -67,9 +69,10 @@ class MigrationActor(Actor):
         except sqlite3.DatabaseError as e:
             raise _damaged_or(e, self._db_path) from e
         try:
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)").fetchall()]
-            if problems != ["ok"]:
-                raise DatabaseDamaged(self._db_path, "; ".join(problems))
+            if self._check:
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)").fetchall()]
+                if problems != ["ok"]:
+                    raise DatabaseDamaged(self._db_path, "; ".join(problems))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
             )

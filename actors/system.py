@@ -199,7 +199,7 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
     lock = DatabaseLock(db_path)
     lock.acquire()
     try:
-        migration = MigrationActor.start(db_path)
+        migration = MigrationActor.start(db_path, check=config.store.check_on_start)
         schema_version: int = migration.ask(Migrate(), block=True, timeout=MIGRATION_TIMEOUT_S)
         migration.actor_stopped.wait(MIGRATION_TIMEOUT_S)
     except BaseException:

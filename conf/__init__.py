@@ -47,6 +47,7 @@ class StoreConfig:
     synchronous: str
     busy_timeout_ms: int
     max_pages: int
+    check_on_start: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +185,10 @@ def unknown_environment_variables(env: Mapping[str, str]) -> list[str]:
 def _parse_env(raw: str, default: Any, name: str) -> Any:
     if isinstance(default, list):
         return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(default, bool):
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(f"{name} must be true or false, got {raw!r}")
+        return raw.lower() in ("true", "1")
     if isinstance(default, int):
         try:
             return int(raw)
@@ -213,11 +218,16 @@ def _build(values: Mapping[str, Mapping[str, Any]]) -> Config:
     return Config(**sections)
 
 
-_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "tuple[str, ...]": (list, tuple)}
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "int": int,
+    "bool": bool,
+    "tuple[str, ...]": (list, tuple),
+}
 
 
 def _coerce(value: Any, type_name: Any, name: str) -> Any:
     expected = _FIELD_TYPES[str(type_name)]
-    if isinstance(value, bool) or not isinstance(value, expected):
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
         raise ConfigError(f"{name} has the wrong type: {value!r}")
     return tuple(value) if isinstance(value, list) else value

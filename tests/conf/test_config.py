@@ -41,6 +41,8 @@ def test_a_file_then_the_environment_then_overrides_win(tmp_path):
         ({}, {"server": {"colour": "red"}}, "unknown configuration key server.colour"),
         ({}, {"cache": {"size": 1}}, "unknown configuration section 'cache'"),
         ({}, {"store": {"synchronous": "SOMETIMES"}}, "invalid value for store.synchronous"),
+        ({"TASK_QUEUE_STORE_CHECK_ON_START": "maybe"}, {}, "store.check_on_start must be true or false"),
+        ({}, {"store": {"check_on_start": 1}}, "store.check_on_start has the wrong type"),
         ({"TASK_QUEUE_SERVER_AUTH_TOKEN": "   "}, {}, "server.auth_token must be printable ASCII without spaces"),
         ({"TASK_QUEUE_SERVER_AUTH_TOKEN": " secret"}, {}, "server.auth_token must be printable ASCII"),
         ({"TASK_QUEUE_SERVER_AUTH_TOKEN": "s\u00e9cret"}, {}, "server.auth_token must be printable ASCII"),
@@ -94,3 +96,8 @@ def test_run_py_warns_of_a_mistyped_environment_variable(tmp_path):
         service.kill()
 
     assert "WARNING task_queue: environment variable TASK_QUEUE_SERVER_PROT names no setting" in service.log()
+
+
+@pytest.mark.parametrize(("raw", "value"), [("false", False), ("0", False), ("TRUE", True), ("1", True)])
+def test_a_switch_is_read_from_the_environment(raw, value):
+    assert load_config(env={"TASK_QUEUE_STORE_CHECK_ON_START": raw}).store.check_on_start is value
