@@ -8,7 +8,7 @@ Protocol
               :class:`~actors.messages.RequeueUnfinished` -> tells ``reply_to`` Recovered
               :class:`~actors.messages.FetchReady`   -> tells ``reply_to`` ReadyTasks
               :class:`~actors.messages.Flush`        (sent to itself) -> commits
-              :class:`~actors.messages.RetryWrites`  (its timer) -> writes unsaved updates again
+              :class:`~actors.messages.RetryWrites`  (its timer, while a fault lasts) -> tries a write again
               :class:`~actors.messages.Inspect`      (edges, by ask)
               :class:`~actors.messages.FileMoved`    (sent to itself) -> stops (raises)
     replies   to Inspect: a :class:`~actors.messages.StoreState`; nothing else: answers go out as
@@ -188,7 +188,7 @@ class StoreActor(Actor):
     def _insert(self, message: InsertTask) -> None:
         task = message.task
         self._inserted.append(message)
-        self._begin()
+        self._begin()  # before the claim: a wait here for another process's lock leaves the task unclaimed
         if not message.committed.claim():  # its submitter gave up waiting, and was told it is not stored
             self._inserted.pop()
             return

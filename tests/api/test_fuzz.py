@@ -6,6 +6,7 @@ Every generated request, valid or not, must get a response that the description 
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -75,3 +76,7 @@ def test_every_response_matches_the_openapi_description(case, app):
     # The description cannot say which cursors are valid (they are opaque), so a schema-valid
     # request may rightly get 400: the check that valid-looking data is always accepted is off.
     case.call_and_validate(app=app, excluded_checks=[positive_data_acceptance])
+
+
+def test_the_description_carries_the_package_version():
+    assert openapi_document(auth=False)["info"]["version"] == importlib.metadata.version("task-queue")
