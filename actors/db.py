@@ -12,9 +12,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["MIGRATIONS", "STATUSES", "connect_reader", "connect_writer", "is_damage", "utc_now"]
+__all__ = ["FINISHED", "MIGRATIONS", "STATUSES", "connect_reader", "connect_writer", "is_damage", "utc_now"]
 
-STATUSES = ("queued", "running", "completed", "failed")
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled")
 BUSY_TIMEOUT_MS = 5000
 
 #: Versioned migrations, applied in order, each in one transaction. Never edit one that
@@ -43,6 +44,50 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX tasks_by_created ON tasks (created_at, seq)",
             "CREATE INDEX tasks_by_status_created ON tasks (status, created_at, seq)",
             "CREATE INDEX tasks_ready ON tasks (available_at, seq) WHERE status = 'queued'",
+        ),
+    ),
+    (
+        2,
+        (
+            # A task can be cancelled. SQLite cannot change a CHECK constraint, so the table is
+            # built again (about 2 s per million tasks, once).
+            """
+            CREATE TABLE tasks_v2 (
+                seq          INTEGER PRIMARY KEY,
+                id           TEXT    NOT NULL UNIQUE,
+                action       TEXT    NOT NULL,
+                payload      TEXT    NOT NULL,
+                status       TEXT    NOT NULL
+                             CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+                result       TEXT,
+                error        TEXT,
+                attempts     INTEGER NOT NULL DEFAULT 0,
+                created_at   TEXT    NOT NULL,
+                started_at   TEXT,
+                processed_at TEXT,
+                available_at REAL    NOT NULL
+            )
+            """,
+            "INSERT INTO tasks_v2 SELECT * FROM tasks",
+            "DROP TABLE tasks",
+            "ALTER TABLE tasks_v2 RENAME TO tasks",
+            "CREATE INDEX tasks_by_created ON tasks (created_at, seq)",
+            "CREATE INDEX tasks_by_status_created ON tasks (status, created_at, seq)",
+            "CREATE INDEX tasks_ready ON tasks (available_at, seq) WHERE status = 'queued'",
+            # Every failed attempt's error, not only the last one.
+            """
+            CREATE TABLE task_errors (
+                task_id   TEXT    NOT NULL,
+                attempt   INTEGER NOT NULL,
+                error     TEXT    NOT NULL,
+                failed_at TEXT    NOT NULL
+            )
+            """,
+            "CREATE INDEX task_errors_by_task ON task_errors (task_id)",
+            """
+            INSERT INTO task_errors (task_id, attempt, error, failed_at)
+            SELECT id, attempts, error, COALESCE(processed_at, created_at) FROM tasks WHERE error IS NOT NULL
+            """,
         ),
     ),
 )

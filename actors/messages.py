@@ -211,8 +211,10 @@ class RetryTask:
     """The task failed and will be retried: status ``queued`` again, ready at ``available_at``."""
 
     task_id: str
+    attempt: int  #: the attempt that failed; its error is kept with its number
     error: str
     available_at: float  #: epoch seconds
+    failed_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +222,7 @@ class FailTask:
     """The task failed for good (the dead letter): status ``failed`` with its last error."""
 
     task_id: str
+    attempt: int
     error: str
     processed_at: str
 

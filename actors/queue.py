@@ -215,13 +215,13 @@ class QueueActor(Actor):
             backoff_ms = min(self._settings.retry_backoff_ms * 2 ** (attempt - 1), self._settings.retry_backoff_max_ms)
             due = epoch_now() + backoff_ms / 1000
             logger.info("task %s: attempt %d failed, retrying in %d ms", task_id, attempt, backoff_ms)
-            self._store.tell(RetryTask(task_id, error, due))
+            self._store.tell(RetryTask(task_id, attempt, error, due, utc_now()))
             self._backlog = True
             self._schedule_wake(due)
         else:
             logger.warning("task %s: failed on attempt %d, not retried (its error is kept with it)", task_id, attempt)
             self._unfinished -= 1
-            self._store.tell(FailTask(task_id, error, utc_now()))
+            self._store.tell(FailTask(task_id, attempt, error, utc_now()))
 
     def _replace_worker(self, worker: pykka.ActorRef[Any], error: str) -> None:
         if worker not in self._workers:

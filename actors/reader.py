@@ -69,7 +69,28 @@ class TaskReader:
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         rows = self._query(SELECT_TASKS + " WHERE id = ?", (task_id,))
-        return _as_task(rows[0])[0] if rows else None
+        if not rows:
+            return None
+        task = _as_task(rows[0])[0]
+        self._add_errors([task])
+        return task
+
+    def _add_errors(self, tasks: list[dict[str, Any]]) -> None:
+        """Give each task ``errors``: every failed attempt's error, oldest first (one query for them all)."""
+        for task in tasks:
+            task["errors"] = []
+        if not tasks:
+            return
+        by_id = {task["id"]: task for task in tasks}
+        rows = self._query(
+            "SELECT task_id, attempt, error, failed_at FROM task_errors"
+            " WHERE task_id IN (SELECT value FROM json_each(?)) ORDER BY rowid",
+            (orjson.dumps(list(by_id)).decode(),),
+        )
+        for row in rows:
+            by_id[row["task_id"]]["errors"].append(
+                {"attempt": row["attempt"], "error": row["error"], "failed_at": row["failed_at"]}
+            )
 
     def list(
         self, status: str | None = None, limit: int = 100, after: Cursor | None = None
@@ -90,7 +111,9 @@ class TaskReader:
         rows = self._query(sql, (*params, limit + 1))
         page = [_as_task(row) for row in rows[:limit]]
         next_cursor = page[-1][1] if len(rows) > limit else None
-        return [task for task, _ in page], next_cursor
+        tasks = [task for task, _ in page]
+        self._add_errors(tasks)
+        return tasks, next_cursor
 
 
 def _as_task(row: sqlite3.Row) -> tuple[dict[str, Any], Cursor]:

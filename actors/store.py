@@ -165,7 +165,8 @@ class StoreActor(Actor):
             case InsertTask():
                 self._insert(message)
             case MarkRunning() | CompleteTask() | RetryTask() | FailTask():
-                self._update(*_status_update(message))
+                for sql, params in _status_update(message):
+                    self._update(sql, params)
             case RequeueUnfinished(max_attempts, reply_to):
                 self._requeue_unfinished(max_attempts)
                 _reply(reply_to, Recovered(self._count_unfinished()))
@@ -342,11 +343,19 @@ class StoreActor(Actor):
             insert.committed.set_exception((StoreError, StoreError(reason), None))
 
     def _requeue_unfinished(self, max_attempts: int) -> None:
+        now = utc_now()
+        self._update(
+            "INSERT INTO task_errors (task_id, attempt, error, failed_at)"
+            " SELECT id, attempts, CASE WHEN attempts >= ?"
+            " THEN 'interrupted on each of its ' || attempts || ' attempts'"
+            " ELSE 'interrupted: the service stopped while it ran' END, ? FROM tasks WHERE status = 'running'",
+            (max_attempts, now),
+        )
         failed = self._update(
             "UPDATE tasks SET status = 'failed', processed_at = ?,"
             " error = 'interrupted on each of its ' || attempts || ' attempts'"
             " WHERE status = 'running' AND attempts >= ?",
-            (utc_now(), max_attempts),
+            (now, max_attempts),
         )
         requeued = self._update(
             "UPDATE tasks SET status = 'queued', available_at = ? WHERE status = 'running'", (epoch_now(),)
@@ -374,20 +383,23 @@ class StoreActor(Actor):
         return ReadyTasks(tuple(QueuedTask(*row) for row in rows), next_due_at)
 
 
-def _status_update(message: MarkRunning | CompleteTask | RetryTask | FailTask) -> Update:
+RECORD_ERROR = "INSERT INTO task_errors (task_id, attempt, error, failed_at) VALUES (?, ?, ?, ?)"
+
+
+def _status_update(message: MarkRunning | CompleteTask | RetryTask | FailTask) -> list[Update]:
     match message:
         case MarkRunning(task_id, started_at):
             sql = "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ? WHERE id = ?"
-            return sql, (started_at, task_id)
+            return [(sql, (started_at, task_id))]
         case CompleteTask(task_id, result, processed_at):
             sql = "UPDATE tasks SET status = 'completed', result = ?, error = NULL, processed_at = ? WHERE id = ?"
-            return sql, (result, processed_at, task_id)
-        case RetryTask(task_id, error, available_at):
+            return [(sql, (result, processed_at, task_id))]
+        case RetryTask(task_id, attempt, error, available_at, failed_at):
             sql = "UPDATE tasks SET status = 'queued', error = ?, available_at = ? WHERE id = ?"
-            return sql, (error, available_at, task_id)
-        case FailTask(task_id, error, processed_at):
+            return [(sql, (error, available_at, task_id)), (RECORD_ERROR, (task_id, attempt, error, failed_at))]
+        case FailTask(task_id, attempt, error, processed_at):
             sql = "UPDATE tasks SET status = 'failed', error = ?, processed_at = ? WHERE id = ?"
-            return sql, (error, processed_at, task_id)
+            return [(sql, (error, processed_at, task_id)), (RECORD_ERROR, (task_id, attempt, error, processed_at))]
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

@@ -72,3 +72,28 @@ def test_a_failing_migration_is_rolled_back_and_reported(db_path):
 
     assert "half_done" not in tables(db_path)
     assert versions(db_path) == [v for v, _ in MIGRATIONS]
+
+
+def test_version_2_keeps_the_tasks_of_version_1_allows_cancelled_and_keeps_their_last_errors(db_path):
+    migrate(db_path, MIGRATIONS[:1])
+    conn = sqlite3.connect(db_path)
+    conn.execute(
+        "INSERT INTO tasks (id, action, payload, status, error, attempts, created_at, processed_at, available_at)"
+        " VALUES ('done', 'x', '{}', 'completed', NULL, 1, 't1', 't2', 0),"
+        " ('dead', 'x', '{}', 'failed', 'boom', 3, 't1', 't3', 0)"
+    )
+    conn.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # version 1 has no cancelled status
+        conn.execute("UPDATE tasks SET status = 'cancelled' WHERE id = 'done'")
+    conn.close()
+
+    assert migrate(db_path) == 2
+
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT id, status FROM tasks ORDER BY seq").fetchall() == [
+        ("done", "completed"),
+        ("dead", "failed"),
+    ]
+    assert conn.execute("SELECT * FROM task_errors").fetchall() == [("dead", 3, "boom", "t3")]
+    conn.execute("UPDATE tasks SET status = 'cancelled' WHERE id = 'done'")
+    conn.close()

@@ -81,8 +81,8 @@ def test_a_retried_task_is_queued_again_and_a_failed_one_keeps_its_error(store, 
         insert(store, queue, new_task(n)).get(timeout=10)
         store.tell(MarkRunning(f"task-{n}", utc_now()))
 
-    store.tell(RetryTask("task-1", "RuntimeError: flaky", time.time() + 60))
-    store.tell(FailTask("task-2", "bad data", utc_now()))
+    store.tell(RetryTask("task-1", 1, "RuntimeError: flaky", time.time() + 60, utc_now()))
+    store.tell(FailTask("task-2", 1, "bad data", utc_now()))
 
     retried = wait_until(lambda: (r := row(db_path, "task-1"))["status"] == "queued" and r, what="retry")
     assert (retried["error"], retried["attempts"]) == ("RuntimeError: flaky", 1)
@@ -96,7 +96,7 @@ def test_fetch_returns_ready_tasks_oldest_first_and_when_the_next_delayed_one_is
         insert(store, queue, new_task(n)).get(timeout=10)
     due = time.time() + 60
     store.tell(MarkRunning("task-0", utc_now()))
-    store.tell(RetryTask("task-0", "flaky", due))  # not ready for a minute
+    store.tell(RetryTask("task-0", 1, "flaky", due, utc_now()))  # not ready for a minute
     store.tell(MarkRunning("task-1", utc_now()))  # running, so not ready
 
     store.tell(FetchReady(10, queue))

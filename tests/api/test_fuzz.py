@@ -19,10 +19,12 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from actors import start_system
+from actors.db import FINISHED
 from api import create_app
 from api.openapi import openapi_document
 from conf import Config
 from tests.conftest import SUMMARY
+from tests.helpers import wait_until
 
 # POST /tasks, GET /tasks and GET /tasks/{id} take input; together they make over 5,000 requests.
 EXAMPLES_PER_OPERATION = 1700
@@ -54,9 +56,22 @@ def counts(request: pytest.FixtureRequest) -> Iterator[Counter[str]]:
     assert counts["5xx"] == 0
 
 
+SEED_TASKS = [
+    {"action": "uppercase", "data": {"text": "hello"}},
+    {"action": "sum", "data": {"numbers": "not a list"}},  # fails: a task with errors
+    {"action": "anything"},
+]
+
+
 @pytest.fixture
 def app(config: Config, counts: Counter[str]) -> Iterator[CountingApp]:
+    """The app on real actors, with a few finished tasks, so that lists show tasks of every kind."""
     system = start_system(config)
+    client = testing.TestClient(create_app(system))
+    ids = [client.simulate_post("/tasks", json=body).json["id"] for body in SEED_TASKS]
+    wait_until(
+        lambda: all(client.simulate_get(f"/tasks/{i}").json["status"] in FINISHED for i in ids), what="the seed tasks"
+    )
     yield CountingApp(create_app(system), counts)
     system.stop()
 

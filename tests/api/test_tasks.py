@@ -5,11 +5,13 @@ from typing import Any
 import pytest
 from falcon import testing
 
+from actors.actions import registry
 from tests.helpers import row, wait_until
 
 JSON = {"Content-Type": "application/json"}
 FIELDS = {
-    "id", "action", "data", "status", "result", "error", "attempts", "created_at", "started_at", "processed_at"
+    "id", "action", "data", "status", "result", "error", "errors", "attempts", "created_at", "started_at",
+    "processed_at",
 }  # fmt: skip
 
 
@@ -263,3 +265,29 @@ def test_unknown_routes_and_methods_answer_in_json(client):
     assert_error(client.simulate_get("/nope"), 404, "not found")
     assert_error(client.simulate_delete("/tasks"), 405, "method not allowed")
     assert_error(client.simulate_post("/tasks/abc"), 405, "method not allowed")
+
+
+FLAKY_RUNS: dict[str, int] = {}
+
+
+@registry.action("fails_twice")
+def fails_twice(data: dict[str, Any]) -> dict[str, Any]:
+    runs = FLAKY_RUNS[data["key"]] = FLAKY_RUNS.get(data["key"], 0) + 1
+    if runs <= 2:
+        raise RuntimeError(f"flaky run {runs}")
+    return {"output": runs}
+
+
+def test_every_failed_attempt_keeps_its_error_with_its_number_and_time(client):
+    task_id = post(client, {"action": "fails_twice", "data": {"key": "errors-kept"}}).json["id"]
+
+    task = completed(client, task_id)
+
+    assert (task["status"], task["attempts"], task["error"]) == ("completed", 3, None)
+    assert [(e["attempt"], e["error"]) for e in task["errors"]] == [
+        (1, "RuntimeError: flaky run 1"),
+        (2, "RuntimeError: flaky run 2"),
+    ]
+    assert all(task["created_at"] <= e["failed_at"] <= task["processed_at"] for e in task["errors"])
+    listed = client.simulate_get("/tasks", params={"status": "completed"}).json["tasks"]
+    assert [t["errors"] for t in listed if t["id"] == task_id] == [task["errors"]]
