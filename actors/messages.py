@@ -9,15 +9,21 @@ edge of the system (the HTTP resource, start-up, a test) waits on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import Any
 
-from pykka import ActorRef
+from pykka import ActorRef, Future
 
 from actors.commit_signal import CommitSignal
 
 __all__ = [
     "Ack",
+    "CancelQueued",
+    "CancelRunning",
+    "CancelTask",
     "CompleteTask",
+    "ControlResult",
+    "DeleteTask",
     "Drain",
     "Execute",
     "FailTask",
@@ -35,13 +41,17 @@ __all__ = [
     "ReadyTasks",
     "Recovered",
     "RequeueUnfinished",
+    "RetryFinished",
     "RetryTask",
     "RetryWrites",
+    "SetPaused",
     "StoreState",
     "Submit",
+    "TaskCancelled",
     "TasksStored",
     "Wake",
     "WorkerFailed",
+    "WorkerStarted",
 ]
 
 
@@ -66,6 +76,50 @@ class QueuedTask:
     action: str
     payload: str
     attempts: int  #: attempts made so far (0 for a new task)
+
+
+# --- control of one task, from an edge ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResult:
+    """The answer to a request about one task (cancel, retry, delete)."""
+
+    status: str | None  #: the task's status now (after the request, if it was done); None: no such task
+    done: bool  #: False when the task's status does not allow the request
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    """To the queue: cancel the task if it is queued or running; answer a :class:`ControlResult`."""
+
+    task_id: str
+    answer: Future[ControlResult]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryFinished:
+    """To the store: queue a failed or cancelled task again, as a new series of attempts; answer a
+    :class:`ControlResult` and tell ``reply_to`` (the queue) :class:`TasksStored`."""
+
+    task_id: str
+    answer: Future[ControlResult]
+    reply_to: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTask:
+    """To the store: delete a finished task and its errors; answer a :class:`ControlResult`."""
+
+    task_id: str
+    answer: Future[ControlResult]
+
+
+@dataclass(frozen=True, slots=True)
+class SetPaused:
+    """To the queue, by ask: start nothing new while ``paused`` (submits are still committed)."""
+
+    paused: bool
 
 
 # --- to the QueueActor -----------------------------------------------------------------
@@ -121,6 +175,22 @@ class Nack:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskCancelled:
+    """From the store, answering :class:`CancelQueued`: whether the task is now cancelled."""
+
+    task_id: str
+    cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStarted:
+    """From a worker as it starts: where its stopwatch takes the ids of tasks to interrupt (cancel)."""
+
+    worker: ActorRef[Any]
+    interrupts: SimpleQueue[str]
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerFailed:
     """From a worker that is dying: the queue, its supervisor, starts another."""
 
@@ -152,6 +222,7 @@ class QueueState:
     in_flight: int  #: tasks handed to workers and not yet acked or nacked
     backlog: bool  #: whether ready tasks may be waiting in the store beyond the window
     draining: bool
+    paused: bool  #: dispatching nothing new (see SetPaused)
     workers: int  #: workers alive in the pool
     worker_restarts: int  #: workers replaced since start
     unfinished: int  #: committed tasks not yet completed or failed (the backlog)
@@ -225,6 +296,26 @@ class FailTask:
     attempt: int
     error: str
     processed_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelQueued:
+    """From the queue: cancel the task if it is queued; answer ``answer`` after the commit and tell
+    ``reply_to`` :class:`TaskCancelled`."""
+
+    task_id: str
+    answer: Future[ControlResult]
+    reply_to: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRunning:
+    """From the queue: the task was interrupted by a cancel; status ``cancelled``, answer after commit."""
+
+    task_id: str
+    error: str  #: how its attempt ended ("cancelled while it ran", "cancelled before it ran", ...)
+    processed_at: str
+    answer: Future[ControlResult] | None  #: None when the cancel's asker is no longer waiting
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,16 @@ Protocol
               :class:`~actors.messages.Nack` (worker) -> tells the store RetryTask or FailTask
               :class:`~actors.messages.WorkerFailed` (worker) -> starts a new worker
               :class:`~actors.messages.Wake` (its timer) -> looks for retries that are due
+              :class:`~actors.messages.CancelTask` (edge) -> takes it out of the window and tells the store
+                                                       CancelQueued, or interrupts its worker and,
+                                                       once nacked, tells the store CancelRunning
+              :class:`~actors.messages.TaskCancelled` (store) -> forgets the cancel under way
+              :class:`~actors.messages.WorkerStarted` (worker) -> keeps where to send its cancels
+              :class:`~actors.messages.SetPaused` (edge, by ask) -> dispatches nothing new, or again
               :class:`~actors.messages.Drain` (shutdown, by ask) -> dispatches nothing more
               :class:`~actors.messages.Inspect` (edges, by ask)
     sends     Execute to the workers; MarkRunning, FetchReady, RequeueUnfinished to the store
-    replies   to Drain: the workers, for shutdown to stop; to Inspect: a QueueState
+    replies   to Drain: the workers, for shutdown to stop; to Inspect: a QueueState; to SetPaused: None
 
 The store is the source of truth; this actor holds only a bounded window of ready tasks
 (``window``) and at most ``prefetch`` tasks in flight across the workers. New tasks go
@@ -37,6 +43,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from queue import SimpleQueue
 from typing import Any
 
 import pykka
@@ -46,7 +53,11 @@ from actors.commit_signal import CommitSignal
 from actors.db import epoch_now, utc_now
 from actors.messages import (
     Ack,
+    CancelQueued,
+    CancelRunning,
+    CancelTask,
     CompleteTask,
+    ControlResult,
     Drain,
     Execute,
     FailTask,
@@ -62,10 +73,13 @@ from actors.messages import (
     Recovered,
     RequeueUnfinished,
     RetryTask,
+    SetPaused,
     Submit,
+    TaskCancelled,
     TasksStored,
     Wake,
     WorkerFailed,
+    WorkerStarted,
 )
 from actors.timers import tell_later
 from conf import QueueConfig, WorkersConfig
@@ -114,7 +128,11 @@ class QueueActor(Actor):
         self._in_flight: dict[str, tuple[int, int]] = {}  # task id -> (worker index, attempt)
         self._load = [0] * pool.count  # tasks in flight per worker
         self._draining = False
+        self._paused = False
         self._unfinished = 0  # committed tasks not yet completed or failed
+        self._cancels_asked: set[str] = set()  # ids the store is cancelling: never dispatched
+        self._cancelling: dict[str, pykka.Future[ControlResult] | None] = {}  # in flight, interrupt sent
+        self._interrupts: dict[pykka.ActorRef[Any], SimpleQueue[str]] = {}  # each worker's cancel mailbox
         self._wake_timer: threading.Timer | None = None
         self._wake_at: float | None = None
 
@@ -149,6 +167,8 @@ class QueueActor(Actor):
                 self._backlog = True
             case WorkerFailed(worker, error):
                 self._replace_worker(worker, error)
+            case CancelTask() | TaskCancelled() | SetPaused() | WorkerStarted():
+                self._control(message)
             case Drain():
                 self._draining = True
                 self._cancel_wake()
@@ -160,6 +180,7 @@ class QueueActor(Actor):
                     in_flight=len(self._in_flight),
                     backlog=self._backlog,
                     draining=self._draining,
+                    paused=self._paused,
                     workers=sum(worker.is_alive() for worker in self._workers),
                     worker_restarts=self._restart_count,
                     unfinished=self._unfinished,
@@ -176,6 +197,37 @@ class QueueActor(Actor):
             committed.set_exception((QueueFull, QueueFull(f"{self._unfinished} tasks waiting"), None))
         else:
             self._store.tell(InsertTask(task, committed, self.actor_ref))
+
+    def _control(self, message: CancelTask | TaskCancelled | SetPaused | WorkerStarted) -> None:
+        match message:
+            case WorkerStarted(worker, interrupts):
+                self._interrupts[worker] = interrupts
+            case CancelTask(task_id, answer):
+                self._cancel(task_id, answer)
+            case TaskCancelled(task_id, cancelled):
+                self._cancels_asked.discard(task_id)
+                if cancelled:
+                    self._unfinished -= 1
+                    self._ready = deque(task for task in self._ready if task.id != task_id)
+                else:
+                    self._backlog = True  # not cancelled after all: if it waits, it is in the store
+            case SetPaused(paused):
+                self._paused = paused
+                logger.info("dispatching %s", "paused" if paused else "resumed")
+
+    def _cancel(self, task_id: str, answer: pykka.Future[ControlResult]) -> None:
+        """A task in flight is interrupted on its worker; any other is cancelled in the store if it is queued."""
+        slot = self._in_flight.get(task_id)
+        if slot is None:
+            self._ready = deque(task for task in self._ready if task.id != task_id)
+            self._cancels_asked.add(task_id)
+            self._store.tell(CancelQueued(task_id, answer, self.actor_ref))
+            return
+        self._cancelling[task_id] = answer
+        interrupts = self._interrupts.get(self._workers[slot[0]])
+        if interrupts is not None:
+            interrupts.put(task_id)
+        logger.info("task %s: cancelling it on worker %d", task_id, slot[0])
 
     def _take_stored(self, tasks: tuple[QueuedTask, ...]) -> None:
         if self._backlog:
@@ -206,9 +258,16 @@ class QueueActor(Actor):
         if self._settle(task_id, attempt):
             self._unfinished -= 1
             self._store.tell(CompleteTask(task_id, result, utc_now()))
+            answer = self._cancelling.pop(task_id, None)
+            if answer is not None:  # it finished before the interrupt reached it
+                answer.set(ControlResult("completed", done=False))
 
     def _nack(self, task_id: str, attempt: int, error: str, retryable: bool) -> None:
         if not self._settle(task_id, attempt):
+            return
+        if task_id in self._cancelling:  # whatever ended it, it was cancelled: not retried
+            self._unfinished -= 1
+            self._store.tell(CancelRunning(task_id, error, utc_now(), self._cancelling.pop(task_id)))
             return
         logger.debug("task %s: attempt %d failed: %s", task_id, attempt, error)  # may quote task data
         if retryable and attempt < self._settings.max_attempts:
@@ -242,6 +301,7 @@ class QueueActor(Actor):
                 f"workers failed {len(self._restarts)} times in {self._pool.restart_window_s} s; last: {error}"
             )
         self._restart_count += 1
+        self._interrupts.pop(worker, None)
         self._workers[slot] = self._start_worker(self.actor_ref)
         logger.error(
             "worker %d failed (%s); started a new one (restart %d of %d allowed in %d s); %d of its tasks are retried",
@@ -256,10 +316,12 @@ class QueueActor(Actor):
             self._nack(task_id, attempt, f"the worker running it failed: {error}", retryable=True)
 
     def _dispatch(self) -> None:
-        if self._draining:
+        if self._draining or self._paused:
             return
         while self._ready and len(self._in_flight) < self._settings.prefetch:
             task = self._ready.popleft()
+            if task.id in self._cancels_asked:
+                continue
             worker = self._load.index(min(self._load))
             self._in_flight[task.id] = (worker, task.attempts + 1)
             self._load[worker] += 1

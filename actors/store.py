@@ -5,6 +5,9 @@ Protocol
                                                        tells ``reply_to`` TasksStored
               :class:`~actors.messages.MarkRunning`, :class:`~actors.messages.CompleteTask`,
               :class:`~actors.messages.RetryTask`, :class:`~actors.messages.FailTask` -> written
+              :class:`~actors.messages.CancelQueued`  -> after commit: answers, tells ``reply_to`` TaskCancelled
+              :class:`~actors.messages.CancelRunning`, :class:`~actors.messages.DeleteTask` -> after commit: answers
+              :class:`~actors.messages.RetryFinished` -> after commit: answers, tells ``reply_to`` TasksStored
               :class:`~actors.messages.RequeueUnfinished` -> tells ``reply_to`` Recovered
               :class:`~actors.messages.FetchReady`   -> tells ``reply_to`` ReadyTasks
               :class:`~actors.messages.Flush`        (sent to itself) -> commits
@@ -50,7 +53,11 @@ import pykka
 from actors.base import Actor
 from actors.db import connect_writer, epoch_now, utc_now
 from actors.messages import (
+    CancelQueued,
+    CancelRunning,
     CompleteTask,
+    ControlResult,
+    DeleteTask,
     FailTask,
     FetchReady,
     FileMoved,
@@ -62,9 +69,11 @@ from actors.messages import (
     ReadyTasks,
     Recovered,
     RequeueUnfinished,
+    RetryFinished,
     RetryTask,
     RetryWrites,
     StoreState,
+    TaskCancelled,
     TasksStored,
 )
 from actors.timers import tell_later
@@ -77,6 +86,8 @@ RETRY_S = 0.5  # how soon unsaved updates, and a fetch that failed, are first tr
 RETRY_MAX_S = 5.0  # the longest wait between tries while a fault lasts
 SUMMARY_S = 5.0  # while a fault lasts, at most one log line this often
 Update = tuple[str, tuple[Any, ...]]  # a status update as SQL and parameters
+# A control request's answer, given once its write is committed, and a message to send then.
+Answer = tuple["pykka.Future[ControlResult] | None", ControlResult, "tuple[pykka.ActorRef[Any], Any] | None"]
 # A write that changes nothing but still writes a page, to find out whether a fault has cleared.
 PROBE = (
     "UPDATE schema_migrations SET applied_at = applied_at WHERE version = (SELECT MAX(version) FROM schema_migrations)"
@@ -119,6 +130,7 @@ class StoreActor(Actor):
         self._in_transaction = False
         self._inserted: list[InsertTask] = []  # inserts in the open transaction
         self._updates: list[Update] = []  # status updates in the open transaction
+        self._answers: list[Answer] = []  # control requests written in the open transaction
         self._unsaved: list[Update] = []  # status updates rolled back by a fault, to write again
         self._retry_timer: threading.Timer | None = None
         self._fault: Fault | None = None
@@ -167,6 +179,8 @@ class StoreActor(Actor):
             case MarkRunning() | CompleteTask() | RetryTask() | FailTask():
                 for sql, params in _status_update(message):
                     self._update(sql, params)
+            case CancelQueued() | CancelRunning() | RetryFinished() | DeleteTask():
+                self._control(message)
             case RequeueUnfinished(max_attempts, reply_to):
                 self._requeue_unfinished(max_attempts)
                 _reply(reply_to, Recovered(self._count_unfinished()))
@@ -209,6 +223,80 @@ class StoreActor(Actor):
         self._updates.append((sql, params))
         self._begin()
         return self.conn.execute(sql, params).rowcount
+
+    def _control(self, message: CancelQueued | CancelRunning | RetryFinished | DeleteTask) -> None:
+        match message:
+            case CancelQueued():
+                self._cancel_queued(message)
+            case CancelRunning():
+                self._cancel_running(message)
+            case RetryFinished():
+                self._retry_finished(message)
+            case DeleteTask():
+                self._delete(message)
+
+    def _cancel_queued(self, message: CancelQueued) -> None:
+        cancelled = self._control_write(
+            "UPDATE tasks SET status = 'cancelled', processed_at = ? WHERE id = ? AND status = 'queued'",
+            (utc_now(), message.task_id),
+        )
+        then = (message.reply_to, TaskCancelled(message.task_id, cancelled))
+        self._answer(message.task_id, message.answer, "cancelled" if cancelled else None, then)
+
+    def _cancel_running(self, message: CancelRunning) -> None:
+        self._control_write(
+            "UPDATE tasks SET status = 'cancelled', error = ?, processed_at = ? WHERE id = ?",
+            (message.error, message.processed_at, message.task_id),
+        )
+        self._answer(message.task_id, message.answer, "cancelled")
+
+    def _retry_finished(self, message: RetryFinished) -> None:
+        queued = self._control_write(
+            "UPDATE tasks SET status = 'queued', attempts = 0, result = NULL, error = NULL, started_at = NULL,"
+            " processed_at = NULL, available_at = ? WHERE id = ? AND status IN ('failed', 'cancelled')",
+            (epoch_now(), message.task_id),
+        )
+        then = None
+        if queued:
+            action, payload = self.conn.execute(
+                "SELECT action, payload FROM tasks WHERE id = ?", (message.task_id,)
+            ).fetchone()
+            then = (message.reply_to, TasksStored((QueuedTask(message.task_id, action, payload, attempts=0),)))
+        self._answer(message.task_id, message.answer, "queued" if queued else None, then)
+
+    def _delete(self, message: DeleteTask) -> None:
+        deleted = self._control_write(
+            "DELETE FROM tasks WHERE id = ? AND status IN ('completed', 'failed', 'cancelled')", (message.task_id,)
+        )
+        if deleted:
+            self.conn.execute("DELETE FROM task_errors WHERE task_id = ?", (message.task_id,))
+        self._answer(message.task_id, message.answer, "deleted" if deleted else None)
+
+    def _control_write(self, sql: str, params: tuple[Any, ...]) -> bool:
+        """Write a control request in the open transaction; whether it changed a row.
+
+        Unlike status updates, it is not kept to write again after a fault: its asker is told
+        the store cannot write, and may ask again."""
+        self._begin()
+        return self.conn.execute(sql, params).rowcount > 0
+
+    def _answer(
+        self,
+        task_id: str,
+        answer: pykka.Future[ControlResult] | None,
+        done_status: str | None,
+        then: tuple[pykka.ActorRef[Any], Any] | None = None,
+    ) -> None:
+        """Answer once the write is committed if it was done (``done_status``); else at once, with the
+        task's status as it is (None: no such task). ``then`` is a message to send along with the answer."""
+        if done_status is not None:
+            self._answers.append((answer, ControlResult(done_status, done=True), then))
+            return
+        found = self.conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if answer is not None:
+            answer.set(ControlResult(None if found is None else found[0], done=False))
+        if then is not None:
+            _reply(*then)
 
     def _moved(self) -> bool:
         """Whether the file at the database's path is no longer the file this store writes."""
@@ -274,6 +362,12 @@ class StoreActor(Actor):
             _reply(queue, TasksStored(tuple(tasks)))
         for message in inserted:
             message.committed.set(None)
+        answers, self._answers = self._answers, []
+        for answer, result, then in answers:
+            if answer is not None:
+                answer.set(result)
+            if then is not None:
+                _reply(*then)
 
     def _abort(self, error: sqlite3.Error, message: Any) -> None:
         """Roll back: refuse the transaction's inserts, keep its updates to write again later."""
@@ -284,6 +378,12 @@ class StoreActor(Actor):
         self._unsaved += self._updates  # oldest first: _begin puts earlier unsaved ones in front
         self._updates = []
         self._refuse(inserted, "the store cannot write now; try again")
+        answers, self._answers = self._answers, []
+        for answer, _, _ in answers:
+            if answer is not None:
+                answer.set_exception((StoreError, StoreError("the store cannot write now; try again"), None))
+        if isinstance(message, CancelQueued):  # the queue waits to hear how its cancel ended
+            _reply(message.reply_to, TaskCancelled(message.task_id, cancelled=False))
         fault = self._note_fault(str(error), len(inserted))
         if isinstance(message, FetchReady):  # nothing fetched: the queue asks again after the backoff
             _reply(message.reply_to, ReadyTasks((), next_due_at=epoch_now() + fault.retry_s))

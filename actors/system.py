@@ -22,7 +22,20 @@ import pykka
 from actors.actions import ActionRegistry, registry
 from actors.commit_signal import CommitSignal
 from actors.dblock import DatabaseLock
-from actors.messages import Drain, Inspect, Migrate, NewTask, QueueState, StoreState, Submit
+from actors.messages import (
+    CancelTask,
+    ControlResult,
+    DeleteTask,
+    Drain,
+    Inspect,
+    Migrate,
+    NewTask,
+    QueueState,
+    RetryFinished,
+    SetPaused,
+    StoreState,
+    Submit,
+)
 from actors.migration import MigrationActor
 from actors.queue import QueueActor, QueueFull, ShuttingDown
 from actors.reader import TaskReader
@@ -35,6 +48,7 @@ __all__ = ["NotAccepted", "TaskSystem", "start_system"]
 logger = logging.getLogger(__name__)
 
 MIGRATION_TIMEOUT_S = 60.0
+CONTROL_TIMEOUT_S = 10.0  # how long a control request (cancel, retry, delete) waits for its answer
 
 
 class NotAccepted(Exception):
@@ -126,6 +140,48 @@ class TaskSystem:
                 "the store took the task but did not confirm its commit in time: look it up before submitting it again",
                 maybe_stored=True,
             ) from None
+        except StoreError as e:
+            raise NotAccepted(str(e)) from None
+
+    def cancel(self, task_id: str) -> ControlResult:
+        """Cancel a queued task, or interrupt a running one; its status after, or why it could not be done."""
+        answer: pykka.Future[ControlResult] = pykka.ThreadingFuture()
+        self._tell(self.queue, CancelTask(task_id, answer))
+        return self._answer(answer)
+
+    def retry(self, task_id: str) -> ControlResult:
+        """Queue a failed or cancelled task again, as a new series of attempts."""
+        answer: pykka.Future[ControlResult] = pykka.ThreadingFuture()
+        self._tell(self.store, RetryFinished(task_id, answer, self.queue))
+        return self._answer(answer)
+
+    def delete(self, task_id: str) -> ControlResult:
+        """Delete a finished task and its errors."""
+        answer: pykka.Future[ControlResult] = pykka.ThreadingFuture()
+        self._tell(self.store, DeleteTask(task_id, answer))
+        return self._answer(answer)
+
+    def pause(self, paused: bool) -> None:
+        """Start nothing new while ``paused`` (submits are still committed), or start again."""
+        try:
+            self.queue.ask(SetPaused(paused), block=True, timeout=CONTROL_TIMEOUT_S)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            raise NotAccepted("the queue does not answer") from None
+
+    def _tell(self, ref: pykka.ActorRef[Any], message: Any) -> None:
+        if not self.accepting:
+            raise NotAccepted("shutting down")
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            raise NotAccepted("the service is stopping") from None
+
+    @staticmethod
+    def _answer(answer: pykka.Future[ControlResult]) -> ControlResult:
+        try:
+            return answer.get(timeout=CONTROL_TIMEOUT_S)
+        except pykka.Timeout:
+            raise NotAccepted("no answer in time; look the task up before asking again") from None
         except StoreError as e:
             raise NotAccepted(str(e)) from None
 

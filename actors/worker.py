@@ -1,10 +1,11 @@
 """WorkerActor: runs one task at a time and answers ack or nack.
 
 Protocol
-    receives  :class:`~actors.messages.Execute`
+    receives  :class:`~actors.messages.Execute`; task ids to cancel, in its stopwatch's mailbox
     sends     :class:`~actors.messages.Ack` with the result, or :class:`~actors.messages.Nack`
               with the error, to ``Execute.reply_to``;
-              :class:`~actors.messages.WorkerFailed` to its supervisor if it dies or is stuck
+              :class:`~actors.messages.WorkerStarted` (with that mailbox) to its supervisor as it
+              starts, :class:`~actors.messages.WorkerFailed` if it dies or is stuck
     replies   nothing
 
 A failing action is a nack, never a dead worker: every exception an action raises becomes
@@ -18,6 +19,10 @@ is still running a grace period later, the stopwatch reports the worker as stuck
 supervisor (the queue) starts another in its place and retries the tasks it held, and the
 stuck worker, should it ever return, runs nothing more. A worker whose start-up fails, or
 that raises outside an action, tells its supervisor too.
+
+Cancels: a task id put in the stopwatch's mailbox (``interrupts``) is interrupted the same
+way with :class:`TaskCancelled` if it is running, or not run at all if it is still waiting
+in the worker's inbox; either way the worker nacks it, not to be retried.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from queue import SimpleQueue
 from typing import Any
 
 import orjson
@@ -36,9 +42,9 @@ import pykka
 from actors.actions import ActionRegistry, InvalidTaskData
 from actors.base import Actor
 from actors.jsonvalues import NotStorable, check_storable
-from actors.messages import Ack, Execute, Nack, QueuedTask, WorkerFailed
+from actors.messages import Ack, Execute, Nack, QueuedTask, WorkerFailed, WorkerStarted
 
-__all__ = ["TaskTimedOut", "WorkerActor"]
+__all__ = ["TaskCancelled", "TaskTimedOut", "WorkerActor"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +56,17 @@ class TaskTimedOut(Exception):
     """Raised inside an action that ran past its timeout, to stop it."""
 
 
+class TaskCancelled(Exception):
+    """Raised inside an action whose task was cancelled, to stop it."""
+
+
 class Stopwatch(threading.Thread):
-    """Watches the task its worker runs: interrupts it at its deadline, reports it stuck after."""
+    """Watches the task its worker runs: interrupts it at its deadline or when it is cancelled, and
+    reports the worker stuck if the task does not return within the grace period after that.
+
+    Cancels arrive in ``interrupts``, the stopwatch's own mailbox (task ids), which the worker
+    hands to its supervisor as it starts: the worker's inbox is not read while it runs a task.
+    """
 
     def __init__(self, worker_thread: int, on_stuck: Callable[[str], None], grace_s: float) -> None:
         super().__init__(name=f"stopwatch-{worker_thread}", daemon=True)
@@ -60,6 +75,9 @@ class Stopwatch(threading.Thread):
         self._grace_s = grace_s
         self._running: tuple[int, str, float] | None = None  # (run number, task id, deadline)
         self._stopped = threading.Event()
+        self.interrupts: SimpleQueue[str] = SimpleQueue()
+        self._cancelled: set[str] = set()  # ids cancelled and not yet met
+        self._lock = threading.Lock()
 
     def begin(self, run: int, task_id: str, timeout_s: float) -> None:
         self._running = (run, task_id, time.monotonic() + timeout_s)
@@ -70,21 +88,35 @@ class Stopwatch(threading.Thread):
     def stop(self) -> None:
         self._stopped.set()
 
+    def cancelled(self, task_id: str) -> bool:
+        """Whether ``task_id`` has been cancelled (and forget it): the worker asks before it runs a task."""
+        with self._lock:
+            while not self.interrupts.empty():
+                self._cancelled.add(self.interrupts.get())
+            if task_id in self._cancelled:
+                self._cancelled.discard(task_id)
+                return True
+            return False
+
     def run(self) -> None:
         interrupted = 0
+        give_up_at = 0.0
         while not self._stopped.wait(POLL_S):
             running = self._running
-            if running is None or time.monotonic() < running[2]:
+            if running is None:
                 continue
             run, task_id, deadline = running
-            if run != interrupted:
-                interrupted = run
+            if run == interrupted:
+                if time.monotonic() > give_up_at:
+                    self._on_stuck(task_id)
+                    return
+                continue
+            cancelled = self.cancelled(task_id)
+            if cancelled or time.monotonic() >= deadline:
+                interrupted, give_up_at = run, time.monotonic() + self._grace_s
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(self._worker_thread), ctypes.py_object(TaskTimedOut)
+                    ctypes.c_ulong(self._worker_thread), ctypes.py_object(TaskCancelled if cancelled else TaskTimedOut)
                 )
-            elif time.monotonic() > deadline + self._grace_s:
-                self._on_stuck(task_id)
-                return
 
 
 class WorkerActor(Actor):
@@ -118,6 +150,9 @@ class WorkerActor(Actor):
             raise
         self._stopwatch = Stopwatch(threading.get_ident(), self._give_up, self._grace_s)
         self._stopwatch.start()
+        if self._supervisor is not None:
+            with contextlib.suppress(pykka.ActorDeadError):  # the supervisor is stopping: so are we, soon
+                self._supervisor.tell(WorkerStarted(self.actor_ref, self._stopwatch.interrupts))
 
     def on_stop(self) -> None:
         if self._stopwatch is not None:
@@ -149,6 +184,8 @@ class WorkerActor(Actor):
         action, timeout_s = self._actions.lookup(task.action)
         timeout_s = timeout_s or self._task_timeout_s
         attempt = task.attempts + 1
+        if self._stopwatch.cancelled(task.id):
+            return Nack(task.id, attempt, "cancelled before it ran", retryable=False)
         self._runs += 1
         self._stopwatch.begin(self._runs, task.id, timeout_s)
         try:
@@ -160,6 +197,9 @@ class WorkerActor(Actor):
         except TaskTimedOut:
             logger.warning("task %s: timed out after %g s", task.id, timeout_s)
             return Nack(task.id, attempt, f"timed out after {timeout_s:g} s", retryable=True)
+        except TaskCancelled:
+            logger.info("task %s: cancelled while it ran", task.id)
+            return Nack(task.id, attempt, "cancelled while it ran", retryable=False)
         except (InvalidTaskData, NotStorable, orjson.JSONEncodeError) as e:
             return Nack(task.id, attempt, str(e), retryable=False)
         except Exception as e:
@@ -172,7 +212,7 @@ class WorkerActor(Actor):
     def _give_up(self, task_id: str) -> None:
         """Run by the stopwatch: the task ignored its interrupt; let the supervisor replace us."""
         self._stuck = True
-        logger.error("task %s: still running after its timeout and interrupt; the worker is stuck", task_id)
+        logger.error("task %s: still running after its interrupt (timeout or cancel); the worker is stuck", task_id)
         self._report_failure(f"stuck in task {task_id} past its timeout")
 
     def _report_failure(self, error: str) -> None:

@@ -36,6 +36,7 @@ class Health:
             "backlog": queue.unfinished,
             "ready": queue.ready,
             "in_flight": queue.in_flight,
+            "paused": queue.paused,
             "pending_submits": pending,
             "stalled_submits": stalled,
         }

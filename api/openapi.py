@@ -134,6 +134,18 @@ SCHEMAS: dict[str, Any] = {
         },
         "additionalProperties": False,
     },
+    "TaskStatus": {
+        "type": "object",
+        "required": ["id", "status"],
+        "properties": {"id": {"type": "string"}, "status": {"type": "string", "enum": list(STATUSES)}},
+        "additionalProperties": False,
+    },
+    "Paused": {
+        "type": "object",
+        "required": ["paused"],
+        "properties": {"paused": {"type": "boolean"}},
+        "additionalProperties": False,
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -145,6 +157,7 @@ SCHEMAS: dict[str, Any] = {
             "backlog": {"type": "integer"},
             "ready": {"type": "integer"},
             "in_flight": {"type": "integer"},
+            "paused": {"type": "boolean", "description": "dispatching no new task (POST /queue/pause)"},
             "pending_submits": {"type": "integer"},
             "stalled_submits": {"type": "integer"},
         },
@@ -168,6 +181,17 @@ def package_version() -> str:
         return importlib.metadata.version("task-queue")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _control_refusals(conflict: str) -> dict[str, Any]:
+    return {
+        "404": _error("no such task"),
+        "409": _error(conflict),
+        "503": _error("stopping, the store cannot write, or no answer in time", RETRY_AFTER),
+    }
 
 
 def openapi_document(auth: bool) -> dict[str, Any]:
@@ -231,13 +255,66 @@ def openapi_document(auth: bool) -> dict[str, Any]:
             "get": {
                 "summary": "One task",
                 "operationId": "getTask",
-                "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "parameters": [TASK_ID],
                 "responses": {
                     "200": _ok("the task", "Task"),
                     "404": _error("no such task"),
                     "503": _error("the database cannot be read", RETRY_AFTER),
                     **unauthorized,
                 },
+                **secured,
+            },
+            "delete": {
+                "summary": "Delete a finished (completed, failed or cancelled) task and its errors",
+                "operationId": "deleteTask",
+                "parameters": [TASK_ID],
+                "responses": {
+                    "204": {"description": "deleted"},
+                    **_control_refusals("the task is not finished"),
+                    **unauthorized,
+                },
+                **secured,
+            },
+        },
+        "/tasks/{task_id}/cancel": {
+            "post": {
+                "summary": "Cancel a queued task (it never runs) or interrupt a running one; it ends cancelled",
+                "operationId": "cancelTask",
+                "parameters": [TASK_ID],
+                "responses": {
+                    "200": _ok("cancelled", "TaskStatus"),
+                    **_control_refusals("the task has finished"),
+                    **unauthorized,
+                },
+                **secured,
+            }
+        },
+        "/tasks/{task_id}/retry": {
+            "post": {
+                "summary": "Queue a failed or cancelled task again, as a new series of attempts",
+                "operationId": "retryTask",
+                "parameters": [TASK_ID],
+                "responses": {
+                    "200": _ok("queued again", "TaskStatus"),
+                    **_control_refusals("the task is neither failed nor cancelled"),
+                    **unauthorized,
+                },
+                **secured,
+            }
+        },
+        "/queue/pause": {
+            "post": {
+                "summary": "Start no new task (submits are still accepted and committed)",
+                "operationId": "pauseQueue",
+                "responses": {"200": _ok("paused", "Paused"), "503": _error("stopping", RETRY_AFTER), **unauthorized},
+                **secured,
+            }
+        },
+        "/queue/resume": {
+            "post": {
+                "summary": "Start tasks again",
+                "operationId": "resumeQueue",
+                "responses": {"200": _ok("resumed", "Paused"), "503": _error("stopping", RETRY_AFTER), **unauthorized},
                 **secured,
             }
         },

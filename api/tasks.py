@@ -17,6 +17,7 @@ from actors.db import STATUSES, utc_now
 from actors.jsonvalues import INT_MAX, NotStorable, check_storable, loads_exact
 from actors.messages import NewTask
 from actors.reader import Cursor, Unreadable
+from api.control import answer_control
 
 __all__ = ["TaskCollection", "TaskItem"]
 
@@ -82,10 +83,20 @@ class TaskCollection:
 
 
 class TaskItem:
-    """``GET /tasks/{id}``."""
+    """``GET /tasks/{id}``; ``DELETE /tasks/{id}`` for a finished task."""
 
     def __init__(self, system: TaskSystem) -> None:
         self._system = system
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        answer_control(
+            resp,
+            task_id,
+            self._system.delete,
+            "the task is {status}: only a completed, failed or cancelled task can be deleted; cancel it first",
+        )
+        resp.status = falcon.HTTP_204
+        resp.media = None
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         with _readable():

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import pykka
 
+from actors.messages import WorkerStarted
+
 T = TypeVar("T")
 
 DEADLINE_S = 10.0
@@ -40,14 +42,16 @@ def busy_for(seconds: float) -> None:
 
 
 class Recorder(pykka.ThreadingActor):
-    """Stands in for an actor: every message it receives goes to ``inbox`` for the test to read."""
+    """Stands in for an actor: every message it receives goes to ``inbox`` for the test to read, but
+    workers' start-up announcements (:class:`WorkerStarted`), which few tests look at."""
 
     def __init__(self, inbox: queue.Queue[Any]) -> None:
         super().__init__()
         self._inbox = inbox
 
     def on_receive(self, message: Any) -> None:
-        self._inbox.put(message)
+        if not isinstance(message, WorkerStarted):
+            self._inbox.put(message)
 
 
 def start_recorder() -> tuple[pykka.ActorRef[Any], queue.Queue[Any]]:

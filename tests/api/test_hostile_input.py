@@ -129,7 +129,7 @@ def test_a_duplicate_key_keeps_the_last_value(client):
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
-@pytest.mark.parametrize("path", ["/tasks", "/tasks/abc", "/health", "/openapi.json"])
+@pytest.mark.parametrize("path", ["/tasks", "/tasks/abc/cancel", "/health", "/openapi.json", "/queue/pause"])
 def test_unsupported_methods_are_a_json_405(client, method, path):
     assert_json_error(client.simulate_request(method, path), 405)
 

@@ -239,6 +239,7 @@ def test_health_is_200_while_every_actor_runs(client, system):
         "backlog": 0,
         "ready": 0,
         "in_flight": 0,
+        "paused": False,
         "pending_submits": 0,
         "stalled_submits": 0,
     }
