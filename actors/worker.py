@@ -213,7 +213,7 @@ class WorkerActor(Actor):
         """Run by the stopwatch: the task ignored its interrupt; let the supervisor replace us."""
         self._stuck = True
         logger.error("task %s: still running after its interrupt (timeout or cancel); the worker is stuck", task_id)
-        self._report_failure(f"stuck in task {task_id} past its timeout")
+        self._report_failure(f"stuck in task {task_id} after its interrupt")
 
     def _report_failure(self, error: str) -> None:
         if self._supervisor is not None:

@@ -199,7 +199,7 @@ def test_a_worker_stuck_where_the_interrupt_cannot_reach_is_reported_and_runs_no
     worker.tell(Execute(QueuedTask("t2", "other", "{}", 0), supervisor))
 
     failed = receive(inbox, WorkerFailed)
-    assert failed == WorkerFailed(worker, "stuck in task t1 past its timeout")
+    assert failed == WorkerFailed(worker, "stuck in task t1 after its interrupt")
     release.set()
 
     assert receive(inbox, Nack) == Nack("t1", 1, "timed out after 0.1 s", retryable=True)

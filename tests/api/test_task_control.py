@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from typing import Any
 
 import pytest
@@ -191,3 +192,29 @@ def test_while_paused_submits_are_committed_and_nothing_starts_until_resumed(cli
     assert client.simulate_get("/health").json["paused"] is False
     for task_id in ids:
         wait_until(lambda task_id=task_id: status_is(client, task_id, "completed"), what="the tasks after resume")
+
+
+BLOCKED = threading.Event()
+
+
+@registry.action("blocks_in_c")
+def blocks_in_c(data: dict[str, Any]) -> dict[str, Any]:
+    BLOCKED.wait(30)  # a wait in C: the interrupt cannot reach it until it returns
+    return {"output": "too late"}
+
+
+def test_a_task_blocked_where_the_interrupt_cannot_reach_ends_cancelled_and_its_worker_is_replaced(client):
+    BLOCKED.clear()
+    task_id = submit(client, "blocks_in_c")
+    wait_until(lambda: status_is(client, task_id, "running"), what="the task to run")
+    try:
+        cancelled = client.simulate_post(f"/tasks/{task_id}/cancel")
+
+        assert (cancelled.status_code, cancelled.json["status"]) == (200, "cancelled")
+        assert task(client, task_id)["error"].startswith("the worker running it failed: stuck in task")
+        health = client.simulate_get("/health").json
+        assert (health["workers"], health["worker_restarts"]) == (1, 1)
+        next_one = submit(client, "uppercase")
+        wait_until(lambda: status_is(client, next_one, "completed"), what="the new worker to run the next task")
+    finally:
+        BLOCKED.set()  # the stuck worker's thread returns, runs nothing more, and ends
