@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from actors.db import connect_reader, is_damage
 
-__all__ = ["Cursor", "TaskReader", "Unreadable"]
+__all__ = ["Cursor", "TaskFilter", "TaskReader", "Unreadable"]
 
 SELECT_TASKS = (
     "SELECT id, action, payload, status, result, error, attempts, created_at, started_at, processed_at, seq FROM tasks"
@@ -93,14 +94,10 @@ class TaskReader:
             )
 
     def list(
-        self, status: str | None = None, limit: int = 100, after: Cursor | None = None
+        self, filters: TaskFilter | None = None, limit: int = 100, after: Cursor | None = None
     ) -> tuple[list[dict[str, Any]], Cursor | None]:
         """Newest first; returns the page and the cursor of the next page (None on the last)."""
-        where: list[str] = []
-        params: list[str | int] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
+        where, params = (filters or TaskFilter()).where()
         if after is not None:
             where.append("(created_at, seq) < (?, ?)")
             params.extend(after)
@@ -114,6 +111,36 @@ class TaskReader:
         tasks = [task for task, _ in page]
         self._add_errors(tasks)
         return tasks, next_cursor
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Which tasks a list shows: every condition given must hold."""
+
+    statuses: tuple[str, ...] = ()  #: any of these (none: any status)
+    action: str | None = None
+    created_after: str | None = None  #: created at or after this time (stored form, UTC)
+    created_before: str | None = None  #: created before this time
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        """The conditions as SQL, with their parameters (the statuses as one JSON array)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if len(self.statuses) == 1:
+            where.append("status = ?")  # uses the (status, created_at) index
+            params.append(self.statuses[0])
+        elif self.statuses:
+            where.append("status IN (SELECT value FROM json_each(?))")
+            params.append(orjson.dumps(self.statuses).decode())
+        for condition, value in (
+            ("action = ?", self.action),
+            ("created_at >= ?", self.created_after),
+            ("created_at < ?", self.created_before),
+        ):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        return where, params
 
 
 def _as_task(row: sqlite3.Row) -> tuple[dict[str, Any], Cursor]:

@@ -229,7 +229,31 @@ def openapi_document(auth: bool) -> dict[str, Any]:
                 "summary": "List tasks, newest first",
                 "operationId": "listTasks",
                 "parameters": [
-                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "description": "any of these statuses (repeat it, or separate them with commas)",
+                        "style": "form",
+                        "explode": True,
+                        "schema": {"type": "array", "items": {"type": "string", "enum": list(STATUSES)}},
+                    },
+                    {
+                        "name": "action",
+                        "in": "query",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ACTION_LENGTH},
+                    },
+                    {
+                        "name": "created_after",
+                        "in": "query",
+                        "description": "created at or after this time (ISO 8601; no offset means UTC)",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "created_before",
+                        "in": "query",
+                        "description": "created before this time",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
                     {
                         "name": "limit",
                         "in": "query",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import datetime
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from actors import NotAccepted, TaskSystem
 from actors.db import STATUSES, utc_now
 from actors.jsonvalues import INT_MAX, NotStorable, check_storable, loads_exact
 from actors.messages import NewTask
-from actors.reader import Cursor, Unreadable
+from actors.reader import Cursor, TaskFilter, Unreadable
 from api.control import answer_control
 
 __all__ = ["TaskCollection", "TaskItem"]
@@ -53,13 +54,11 @@ class TaskCollection:
         resp.media = {"id": task.id, "status": "queued"}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        status = req.get_param("status")
-        if status is not None and status not in STATUSES:
-            raise falcon.HTTPBadRequest(description=f"status must be one of {', '.join(STATUSES)}")
+        filters = parse_filter(req)
         limit = _parse_limit(req.get_param("limit"))
         after = _decode_cursor(req.get_param("cursor"))
         with _readable():
-            tasks, next_cursor = self._system.reader.list(status, limit, after)
+            tasks, next_cursor = self._system.reader.list(filters, limit, after)
         resp.media = {
             "tasks": tasks,
             "count": len(tasks),
@@ -125,6 +124,34 @@ def parse_submission(document: Any) -> NewTask:
     except NotStorable as e:
         raise falcon.HTTPBadRequest(description=str(e)) from None
     return NewTask(str(uuid.uuid4()), action, orjson.dumps(data).decode(), utc_now())
+
+
+def parse_filter(req: falcon.Request) -> TaskFilter:
+    """``status`` (repeated, or comma-separated), ``action``, ``created_after`` and ``created_before``."""
+    statuses = tuple(dict.fromkeys(s for value in req.get_param_as_list("status") or [] for s in value.split(",")))
+    if any(status not in STATUSES for status in statuses):
+        raise falcon.HTTPBadRequest(description=f"status must be one of {', '.join(STATUSES)}")
+    action = req.get_param("action")
+    if action is not None and not 0 < len(action) <= MAX_ACTION_LENGTH:
+        raise falcon.HTTPBadRequest(description=f"action must be 1 to {MAX_ACTION_LENGTH} characters")
+    return TaskFilter(statuses, action, _parse_time(req, "created_after"), _parse_time(req, "created_before"))
+
+
+def _parse_time(req: falcon.Request, name: str) -> str | None:
+    """An ISO 8601 time (``2026-12-01T15:00:00Z``, or with an offset; a date alone is midnight UTC),
+    in the form times are stored in."""
+    raw = req.get_param(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(raw)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        return f"{moment.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%S.%f}Z"
+    except (ValueError, OverflowError):
+        raise falcon.HTTPBadRequest(
+            description=f"{name} must be an ISO 8601 time, such as 2026-12-01T15:00:00Z"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -292,3 +292,37 @@ def test_every_failed_attempt_keeps_its_error_with_its_number_and_time(client):
     assert all(task["created_at"] <= e["failed_at"] <= task["processed_at"] for e in task["errors"])
     listed = client.simulate_get("/tasks", params={"status": "completed"}).json["tasks"]
     assert [t["errors"] for t in listed if t["id"] == task_id] == [task["errors"]]
+
+
+def test_the_list_filters_by_several_statuses_by_action_and_by_creation_time(client):
+    client.simulate_post("/queue/pause")
+    ids = {name: post(client, {"action": name}).json["id"] for name in ("first", "second", "third")}
+    client.simulate_post(f"/tasks/{ids['first']}/cancel")
+    middle = client.simulate_get(f"/tasks/{ids['second']}").json["created_at"]
+
+    def listed(**params: str | list[str]) -> list[str]:
+        result = client.simulate_get("/tasks", params=params)
+        assert result.status_code == 200, result.text
+        return [t["action"] for t in result.json["tasks"]]
+
+    assert listed(status=["queued", "cancelled"]) == ["third", "second", "first"]
+    assert listed(status="cancelled,failed") == ["first"]
+    assert listed(action="second") == ["second"]
+    assert listed(action="second", status="cancelled") == []
+    assert listed(created_after=middle) == ["third", "second"]
+    assert listed(created_before=middle) == ["first"]
+    assert listed(created_after="2000-01-01", created_before="2000-01-02") == []
+    assert listed(created_after=middle.replace("Z", "+00:00")) == ["third", "second"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"status": "queued,done"}, "status must be one of"),
+        ({"created_after": "yesterday"}, "created_after must be an ISO 8601 time"),
+        ({"created_before": "0001-01-01T00:00:00+10:00"}, "created_before must be an ISO 8601 time"),
+        ({"action": "x" * 201}, "action must be 1 to 200 characters"),
+    ],
+)
+def test_a_bad_filter_is_a_400_with_the_reason(client, params, message):
+    assert_error(client.simulate_get("/tasks", params=params), 400, message)
