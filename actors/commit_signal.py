@@ -25,14 +25,18 @@ from pykka._types import OptExcInfo  # the exc_info triple pykka's futures carry
 __all__ = ["CommitSignal"]
 
 
-class CommitSignal(pykka.Future[None]):
-    """A pykka Future that is set once and read by any number of ``get`` calls."""
+class CommitSignal(pykka.Future[str | None]):
+    """A pykka Future that is set once and read by any number of ``get`` calls.
+
+    Its value is None for a task committed now, or the id of the task an earlier submit with the
+    same idempotency key committed."""
 
     def __init__(self) -> None:
         super().__init__()
         self._answered = threading.Lock()
         self._answered.acquire()  # released by set or set_exception
         self._exc_info: OptExcInfo | None = None
+        self._value: str | None = None
         self._done = False
         self._claimed = threading.Lock()
 
@@ -40,7 +44,7 @@ class CommitSignal(pykka.Future[None]):
         """Take the task: True for the first caller (the store, or the submitter giving up), else False."""
         return self._claimed.acquire(blocking=False)
 
-    def get(self, *, timeout: float | None = None) -> None:
+    def get(self, *, timeout: float | None = None) -> str | None:
         if not self._answered.acquire(timeout=-1 if timeout is None else timeout):
             raise pykka.Timeout(f"{timeout} seconds")
         self._answered.release()  # a later get answers at once
@@ -48,8 +52,10 @@ class CommitSignal(pykka.Future[None]):
             exc_type, exc_value, _ = self._exc_info
             assert exc_type is not None
             raise exc_value if exc_value is not None else exc_type()
+        return self._value
 
     def set(self, value: Any = None) -> None:
+        self._value = value
         self._answer(None)
 
     def set_exception(self, exc_info: OptExcInfo | None = None) -> None:

@@ -84,6 +84,16 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             )
             """,
             "CREATE INDEX task_errors_by_task ON task_errors (task_id)",
+            # Idempotency-Key of POST /tasks: which task a key gave, for the window it lasts.
+            """
+            CREATE TABLE idempotency_keys (
+                key          TEXT PRIMARY KEY,
+                request_hash TEXT NOT NULL,
+                task_id      TEXT NOT NULL,
+                created_at   REAL NOT NULL
+            )
+            """,
+            "CREATE INDEX idempotency_keys_by_time ON idempotency_keys (created_at)",
             """
             INSERT INTO task_errors (task_id, attempt, error, failed_at)
             SELECT id, attempts, error, COALESCE(processed_at, created_at) FROM tasks WHERE error IS NOT NULL

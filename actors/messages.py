@@ -66,6 +66,8 @@ class NewTask:
     action: str  #: name of the action in the registry
     payload: str  #: the task's ``data`` object as JSON text
     created_at: str  #: ISO 8601 UTC time the request arrived
+    idempotency_key: str | None = None  #: the client's key: the same key and request give the same task
+    request_hash: str | None = None  #: a digest of the request, to tell the same request from another
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +255,11 @@ class Execute:
 
 @dataclass(frozen=True, slots=True)
 class InsertTask:
-    """Store a new task; on commit set ``committed`` and tell ``reply_to`` :class:`TasksStored`."""
+    """Store a new task; on commit set ``committed`` and tell ``reply_to`` :class:`TasksStored`.
+
+    With an idempotency key already used within the window, nothing is stored: ``committed``
+    is set to the earlier task's id (once the earlier one is committed), or refused with
+    ``IdempotencyConflict`` if the request differs."""
 
     task: NewTask
     committed: CommitSignal

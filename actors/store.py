@@ -78,7 +78,7 @@ from actors.messages import (
 )
 from actors.timers import tell_later
 
-__all__ = ["DatabaseMoved", "StoreActor", "StoreError"]
+__all__ = ["DatabaseMoved", "IdempotencyConflict", "StoreActor", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ PROBE = (
 
 class StoreError(Exception):
     """Raised (through a ``committed`` future) when a task could not be committed; the message says why."""
+
+
+class IdempotencyConflict(Exception):
+    """Raised (through a ``committed`` future) when an idempotency key comes back with another request."""
 
 
 class DatabaseMoved(Exception):
@@ -119,16 +123,23 @@ class StoreActor(Actor):
     """Receives task writes and FetchReady; commits in groups; replies by message."""
 
     def __init__(
-        self, db_path: str, synchronous: str = "FULL", busy_timeout_ms: int = 2000, max_pages: int = 0
+        self,
+        db_path: str,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 2000,
+        max_pages: int = 0,
+        idempotency_window_s: float = 86400.0,
     ) -> None:
         super().__init__()
         self._db_path = db_path
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._max_pages = max_pages
+        self._idempotency_window_s = idempotency_window_s
         self._conn: sqlite3.Connection | None = None
         self._in_transaction = False
         self._inserted: list[InsertTask] = []  # inserts in the open transaction
+        self._replayed: list[tuple[InsertTask, str]] = []  # submits whose key gave an earlier task (its id)
         self._updates: list[Update] = []  # status updates in the open transaction
         self._answers: list[Answer] = []  # control requests written in the open transaction
         self._unsaved: list[Update] = []  # status updates rolled back by a fault, to write again
@@ -158,8 +169,8 @@ class StoreActor(Actor):
 
     def on_failure(self, *exc_info: Any) -> None:
         logger.critical("the store stopped: %s: %s", type(exc_info[1]).__name__, exc_info[1])
-        self._refuse(self._inserted, "the store stopped; the task was not stored")
-        self._inserted = []
+        self._refuse(self._inserted + [submit for submit, _ in self._replayed], "the store stopped; not stored")
+        self._inserted, self._replayed = [], []
         if self._retry_timer is not None:
             self._retry_timer.cancel()
         if self._conn is not None:
@@ -207,6 +218,9 @@ class StoreActor(Actor):
         if not message.committed.claim():  # its submitter gave up waiting, and was told it is not stored
             self._inserted.pop()
             return
+        if task.idempotency_key is not None and self._seen_before(message):
+            self._inserted.pop()
+            return
         try:
             self.conn.execute(
                 "INSERT INTO tasks (id, action, payload, status, attempts, created_at, available_at)"
@@ -217,6 +231,41 @@ class StoreActor(Actor):
             logger.error("task %s not stored: %s", task.id, e)
             self._inserted.remove(message)
             self._refuse([message], "the task was not stored")
+            return
+        if task.idempotency_key is not None:
+            now = epoch_now()
+            self.conn.execute(
+                "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, task_id, created_at) VALUES (?, ?, ?, ?)",
+                (task.idempotency_key, task.request_hash, task.id, now),
+            )
+            self.conn.execute(  # forget a few expired keys each time, so the table keeps to the window
+                "DELETE FROM idempotency_keys WHERE rowid IN"
+                " (SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT 10)",
+                (now - self._idempotency_window_s,),
+            )
+
+    def _seen_before(self, message: InsertTask) -> bool:
+        """Whether the task's idempotency key was used within the window; if so, answer with the earlier task
+        (once the transaction that holds it is committed), or refuse a different request under the same key."""
+        task = message.task
+        earlier = self.conn.execute(
+            "SELECT task_id, request_hash FROM idempotency_keys WHERE key = ? AND created_at >= ?",
+            (task.idempotency_key, epoch_now() - self._idempotency_window_s),
+        ).fetchone()
+        if earlier is None:
+            return False
+        task_id, request_hash = earlier
+        if request_hash != task.request_hash:
+            message.committed.set_exception(
+                (
+                    IdempotencyConflict,
+                    IdempotencyConflict(f"the key was used for another request (task {task_id})"),
+                    None,
+                )
+            )
+        else:
+            self._replayed.append((message, task_id))
+        return True
 
     def _update(self, sql: str, params: tuple[Any, ...]) -> int:
         """Write a status update in the open transaction; return the number of rows it changed."""
@@ -348,7 +397,10 @@ class StoreActor(Actor):
         self._updates.clear()
         self._in_transaction = False
         if self._moved():
-            self._refuse(inserted, "the database file was deleted or replaced; the task was not stored")
+            answered_with_earlier = [submit for submit, _ in self._replayed]
+            self._refuse(
+                inserted + answered_with_earlier, "the database file was deleted or replaced; the task was not stored"
+            )
             self._stop_for_moved_file()
         if self._fault is not None:
             self._cleared(updates)
@@ -362,6 +414,9 @@ class StoreActor(Actor):
             _reply(queue, TasksStored(tuple(tasks)))
         for message in inserted:
             message.committed.set(None)
+        replayed, self._replayed = self._replayed, []
+        for submit, earlier_id in replayed:
+            submit.committed.set(earlier_id)
         answers, self._answers = self._answers, []
         for answer, result, then in answers:
             if answer is not None:
@@ -377,7 +432,8 @@ class StoreActor(Actor):
         inserted, self._inserted = self._inserted, []
         self._unsaved += self._updates  # oldest first: _begin puts earlier unsaved ones in front
         self._updates = []
-        self._refuse(inserted, "the store cannot write now; try again")
+        self._refuse(inserted + [submit for submit, _ in self._replayed], "the store cannot write now; try again")
+        self._replayed = []
         answers, self._answers = self._answers, []
         for answer, _, _ in answers:
             if answer is not None:

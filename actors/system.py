@@ -78,8 +78,12 @@ class TaskSystem:
     _waiting: dict[str, float] = field(default_factory=dict, init=False)  # task id -> when its submit began
     _waiting_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
-    def submit(self, task: NewTask) -> None:
+    def submit(self, task: NewTask) -> str | None:
         """Return once ``task`` is committed; raise :class:`NotAccepted` if it is not.
+
+        Returns None, or the id of the earlier task its idempotency key gave (nothing new is
+        stored then); raises :class:`~actors.store.IdempotencyConflict` for a key used with
+        another request.
 
         Submits wait for their commit on the caller's thread (a waitress request thread). When
         the store is stuck, ``max_stalled_submits`` of them waiting longer than ``stall_ms``
@@ -92,7 +96,7 @@ class TaskSystem:
                 raise NotAccepted("the store is not keeping up; try again")
             self._waiting[task.id] = time.monotonic()
         try:
-            self._submit(task)
+            return self._submit(task)
         finally:
             with self._waiting_lock:
                 del self._waiting[task.id]
@@ -112,15 +116,15 @@ class TaskSystem:
         with self._waiting_lock:
             return len(self._waiting), self._stalled()
 
-    def _submit(self, task: NewTask) -> None:
+    def _submit(self, task: NewTask) -> str | None:
         committed = CommitSignal()
         try:
             self.queue.tell(Submit(task, committed))
-            committed.get(timeout=self.config.server.submit_timeout_ms / 1000)
+            return committed.get(timeout=self.config.server.submit_timeout_ms / 1000)
         except pykka.ActorDeadError:
             raise NotAccepted("the queue is not running") from None
         except pykka.Timeout:
-            self._give_up_waiting(committed)
+            return self._give_up_waiting(committed)
         except StoreError as e:
             raise NotAccepted(str(e)) from None
         except ShuttingDown:
@@ -129,12 +133,12 @@ class TaskSystem:
             raise NotAccepted("the queue is full; try again later") from None
 
     @staticmethod
-    def _give_up_waiting(committed: CommitSignal) -> None:
+    def _give_up_waiting(committed: CommitSignal) -> str | None:
         """After a submit's timeout: say whether its task was not stored, or may have been."""
         if committed.claim():  # the store had not taken it, and now never will
             raise NotAccepted("the store did not take the task in time; it was not stored, submit it again")
         try:
-            committed.get(timeout=0)  # the commit may have come in just now
+            return committed.get(timeout=0)  # the commit may have come in just now
         except pykka.Timeout:
             raise NotAccepted(
                 "the store took the task but did not confirm its commit in time: look it up before submitting it again",
@@ -262,7 +266,13 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         lock.release()
         raise
 
-    store = StoreActor.start(db_path, config.store.synchronous, config.store.busy_timeout_ms, config.store.max_pages)
+    store = StoreActor.start(
+        db_path,
+        config.store.synchronous,
+        config.store.busy_timeout_ms,
+        config.store.max_pages,
+        config.store.idempotency_window_s,
+    )
 
     def start_worker(supervisor: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
         delay_s = config.workers.work_delay_ms / 1000

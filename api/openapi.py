@@ -13,7 +13,7 @@ import falcon
 
 from actors.db import STATUSES
 from actors.jsonvalues import MAX_DEPTH
-from api.tasks import DEFAULT_LIMIT, MAX_ACTION_LENGTH, MAX_LIMIT
+from api.tasks import DEFAULT_LIMIT, MAX_ACTION_LENGTH, MAX_KEY_LENGTH, MAX_LIMIT
 
 __all__ = ["OpenApi", "openapi_document"]
 
@@ -203,6 +203,15 @@ def openapi_document(auth: bool) -> dict[str, Any]:
             "post": {
                 "summary": "Submit a task; 202 once it is committed",
                 "operationId": "submitTask",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "description": "the same key with the same request within store.idempotency_window_s"
+                        " (24 h) gives the same task, stored once",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+                    }
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Submission"}}},
@@ -211,11 +220,18 @@ def openapi_document(auth: bool) -> dict[str, Any]:
                     "202": _ok(
                         "committed; it will run",
                         "Accepted",
-                        {"Location": {"description": "the task's URL", "schema": {"type": "string"}}},
+                        {
+                            "Location": {"description": "the task's URL", "schema": {"type": "string"}},
+                            "Idempotent-Replayed": {
+                                "description": "true when an earlier submit with the same key gave this task",
+                                "schema": {"type": "string"},
+                            },
+                        },
                     ),
-                    "400": _error("the body is not valid JSON, or not a valid submission"),
+                    "400": _error("the body is not valid JSON, or not a valid submission, or a malformed key"),
                     "413": _error("the body is too large"),
                     "415": _error("the body is not declared as application/json"),
+                    "422": _error("the Idempotency-Key was used with a different request"),
                     "503": _error(
                         "not committed: shutting down, overloaded or the store is failing; with an `id` (and a"
                         " Location), the store took the task but did not confirm it in time: look it up",

@@ -6,6 +6,7 @@ import base64
 import binascii
 import contextlib
 import datetime
+import hashlib
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from actors.db import STATUSES, utc_now
 from actors.jsonvalues import INT_MAX, NotStorable, check_storable, loads_exact
 from actors.messages import NewTask
 from actors.reader import Cursor, TaskFilter, Unreadable
+from actors.store import IdempotencyConflict
 from api.control import answer_control
 
 __all__ = ["TaskCollection", "TaskItem"]
@@ -26,6 +28,7 @@ MAX_ACTION_LENGTH = 200
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_CURSOR_LENGTH = 200
+MAX_KEY_LENGTH = 255
 RETRY_AFTER_S = 1
 
 
@@ -37,9 +40,13 @@ class TaskCollection:
         self._max_body_bytes = system.config.server.max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        task = parse_submission(self._read_json(req))
+        task = parse_submission(self._read_json(req), _idempotency_key(req))
         try:
-            self._system.submit(task)
+            earlier = self._system.submit(task)
+        except IdempotencyConflict:
+            raise falcon.HTTPUnprocessableEntity(
+                description="this Idempotency-Key was used with a different request; use a new key for a new task"
+            ) from None
         except NotAccepted as e:
             if not e.maybe_stored:
                 raise falcon.HTTPServiceUnavailable(description=str(e), retry_after=RETRY_AFTER_S) from None
@@ -49,9 +56,13 @@ class TaskCollection:
             resp.location = f"/tasks/{task.id}"
             resp.media = {"error": str(e), "id": task.id}
             return
+        task_id = task.id
+        if earlier is not None:  # the same key and request as before: the same answer, nothing new stored
+            task_id = earlier
+            resp.set_header("Idempotent-Replayed", "true")
         resp.status = falcon.HTTP_202
-        resp.location = f"/tasks/{task.id}"
-        resp.media = {"id": task.id, "status": "queued"}
+        resp.location = f"/tasks/{task_id}"
+        resp.media = {"id": task_id, "status": "queued"}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         filters = parse_filter(req)
@@ -105,7 +116,21 @@ class TaskItem:
         resp.media = task
 
 
-def parse_submission(document: Any) -> NewTask:
+def _idempotency_key(req: falcon.Request) -> str | None:
+    """The ``Idempotency-Key`` header: 1 to 255 printable ASCII characters (quotes around it are dropped)."""
+    key = req.get_header("Idempotency-Key")
+    if key is None:
+        return None
+    if len(key) >= 2 and key[0] == key[-1] == '"':  # the IETF draft sends it as a quoted string
+        key = key[1:-1]
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= c <= "~" for c in key):
+        raise falcon.HTTPBadRequest(
+            description=f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters"
+        )
+    return key
+
+
+def parse_submission(document: Any, idempotency_key: str | None = None) -> NewTask:
     """Check a submitted ``{"action", "data"}`` document; raise 400 with the reason if it is wrong."""
     if not isinstance(document, dict):
         raise falcon.HTTPBadRequest(description="action required: the body must be a JSON object")
@@ -123,7 +148,12 @@ def parse_submission(document: Any) -> NewTask:
         check_storable(data, "data")
     except NotStorable as e:
         raise falcon.HTTPBadRequest(description=str(e)) from None
-    return NewTask(str(uuid.uuid4()), action, orjson.dumps(data).decode(), utc_now())
+    payload = orjson.dumps(data).decode()
+    if idempotency_key is None:
+        return NewTask(str(uuid.uuid4()), action, payload, utc_now())
+    request = orjson.dumps({"action": action, "data": data}, option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.sha256(request).hexdigest()
+    return NewTask(str(uuid.uuid4()), action, payload, utc_now(), idempotency_key, digest)
 
 
 def parse_filter(req: falcon.Request) -> TaskFilter:

@@ -48,6 +48,7 @@ class StoreConfig:
     busy_timeout_ms: int
     max_pages: int
     check_on_start: bool
+    idempotency_window_s: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class Config:
             "store.synchronous": self.store.synchronous.upper() in ("OFF", "NORMAL", "FULL", "EXTRA"),
             "store.busy_timeout_ms": self.store.busy_timeout_ms >= 0,
             "store.max_pages": self.store.max_pages >= 0,
+            "store.idempotency_window_s": self.store.idempotency_window_s >= 1,
             "queue.prefetch": self.queue.prefetch >= 1,
             "queue.window": self.queue.window >= 1,
             "queue.max_attempts": self.queue.max_attempts >= 1,

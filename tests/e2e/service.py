@@ -109,10 +109,12 @@ class Service(Server):
         status, answer, _ = self.call(method, path, body)
         return status, answer
 
-    def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any, dict[str, str]]:
+    def call(
+        self, method: str, path: str, body: Any = None, timeout: float = 30, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
         """Status, decoded JSON body and headers (names in lower case) of one request."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:

@@ -161,3 +161,20 @@ def test_a_submit_in_progress_at_sigterm_gets_its_answer_before_the_connection_c
     assert service.process.wait(10) == 0
     again = start(services, tmp_path, "--work-delay-ms", "0")
     assert again.wait_finished(answer["id"])["status"] == "completed"
+
+
+def test_an_idempotency_key_holds_across_a_restart(services, tmp_path):
+    service = start(services, tmp_path, "--work-delay-ms", "0")
+    key = {"Idempotency-Key": "invoice-2026-12-001"}
+    body = {"action": "uppercase", "data": {"text": "x"}}
+    status, first, _ = service.call("POST", "/tasks", body, headers=key)
+    assert status == 202
+    assert service.stop() == 0
+
+    again = start(services, tmp_path, "--work-delay-ms", "0")
+    status, replayed, headers = again.call(
+        "POST", "/tasks", {"action": "uppercase", "data": {"text": "x"}}, headers=key
+    )
+
+    assert (status, replayed["id"], headers["idempotent-replayed"]) == (202, first["id"], "true")
+    assert again.request("GET", "/tasks")[1]["count"] == 1

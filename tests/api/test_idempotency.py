@@ -1,0 +1,94 @@
+"""Idempotency-Key on POST /tasks: the same key and request give the same task, once."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from falcon import testing
+
+from tests.helpers import wait_until
+
+
+def post(client: testing.TestClient, body: Any, key: str | None) -> testing.Result:
+    headers = {} if key is None else {"Idempotency-Key": key}
+    return client.simulate_post("/tasks", json=body, headers=headers)
+
+
+def stored_ids(client: testing.TestClient) -> list[str]:
+    return [t["id"] for t in client.simulate_get("/tasks").json["tasks"]]
+
+
+def test_the_same_key_and_request_give_the_same_task_once(client):
+    first = post(client, {"action": "uppercase", "data": {"a": 1, "b": 2}}, "order-42")
+    again = post(client, {"data": {"b": 2, "a": 1}, "action": "uppercase"}, "order-42")  # the same, reordered
+
+    assert first.status_code == again.status_code == 202
+    assert again.json == first.json
+    assert again.headers["location"] == first.headers["location"]
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert stored_ids(client) == [first.json["id"]]
+
+
+def test_the_same_key_with_another_request_is_a_422_and_stores_nothing(client):
+    first = post(client, {"action": "uppercase", "data": {"text": "a"}}, "k1")
+
+    other = post(client, {"action": "uppercase", "data": {"text": "b"}}, "k1")
+
+    assert other.status_code == 422
+    assert other.json == {
+        "error": "this Idempotency-Key was used with a different request; use a new key for a new task"
+    }
+    assert stored_ids(client) == [first.json["id"]]
+
+
+def test_without_a_key_or_with_another_key_each_submit_is_a_new_task(client):
+    body = {"action": "uppercase"}
+    ids = [post(client, body, key).json["id"] for key in (None, None, "a", "b", '"a"')]
+
+    assert len(set(ids)) == 4, "a quoted key (as the IETF draft sends it) is the same key"
+    assert ids[4] == ids[2]
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9", "tab\there"])
+def test_a_malformed_key_is_a_400(client, key):
+    result = client.simulate_post("/tasks", json={"action": "x"}, headers={"Idempotency-Key": key})
+
+    assert (result.status_code, result.json) == (
+        400,
+        {"error": "Idempotency-Key must be 1 to 255 printable ASCII characters"},
+    )
+
+
+def test_concurrent_submits_with_one_key_store_one_task(client):
+    answers: list[str] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        result = post(client, {"action": "uppercase", "data": {"text": "once"}}, "race")
+        with lock:
+            answers.append(result.json["id"])
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert len(answers) == 8
+    assert len(set(answers)) == 1
+    assert stored_ids(client) == answers[:1]
+
+
+@pytest.mark.parametrize("settings", [{"store": {"idempotency_window_s": 1}}])
+def test_a_key_is_forgotten_after_its_window(client):
+    first = post(client, {"action": "uppercase"}, "short-lived").json["id"]
+
+    later = wait_until(
+        lambda: (answer := post(client, {"action": "uppercase"}, "short-lived").json["id"]) != first and answer,
+        what="the key's window to pass",
+    )
+
+    assert later != first
