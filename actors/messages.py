@@ -321,7 +321,7 @@ class CancelRunning:
     task_id: str
     error: str  #: how its attempt ended ("cancelled while it ran", "cancelled before it ran", ...)
     processed_at: str
-    answer: Future[ControlResult] | None  #: None when the cancel's asker is no longer waiting
+    answers: tuple[Future[ControlResult], ...]  #: one for each cancel asked while it ran
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,7 +131,7 @@ class QueueActor(Actor):
         self._paused = False
         self._unfinished = 0  # committed tasks not yet completed or failed
         self._cancels_asked: set[str] = set()  # ids the store is cancelling: never dispatched
-        self._cancelling: dict[str, pykka.Future[ControlResult] | None] = {}  # in flight, interrupt sent
+        self._cancelling: dict[str, list[pykka.Future[ControlResult]]] = {}  # in flight, interrupt sent: askers
         self._interrupts: dict[pykka.ActorRef[Any], SimpleQueue[str]] = {}  # each worker's cancel mailbox
         self._wake_timer: threading.Timer | None = None
         self._wake_at: float | None = None
@@ -223,7 +223,7 @@ class QueueActor(Actor):
             self._cancels_asked.add(task_id)
             self._store.tell(CancelQueued(task_id, answer, self.actor_ref))
             return
-        self._cancelling[task_id] = answer
+        self._cancelling.setdefault(task_id, []).append(answer)
         interrupts = self._interrupts.get(self._workers[slot[0]])
         if interrupts is not None:
             interrupts.put(task_id)
@@ -258,8 +258,7 @@ class QueueActor(Actor):
         if self._settle(task_id, attempt):
             self._unfinished -= 1
             self._store.tell(CompleteTask(task_id, result, utc_now()))
-            answer = self._cancelling.pop(task_id, None)
-            if answer is not None:  # it finished before the interrupt reached it
+            for answer in self._cancelling.pop(task_id, []):  # it finished before the interrupt reached it
                 answer.set(ControlResult("completed", done=False))
 
     def _nack(self, task_id: str, attempt: int, error: str, retryable: bool) -> None:
@@ -267,7 +266,7 @@ class QueueActor(Actor):
             return
         if task_id in self._cancelling:  # whatever ended it, it was cancelled: not retried
             self._unfinished -= 1
-            self._store.tell(CancelRunning(task_id, error, utc_now(), self._cancelling.pop(task_id)))
+            self._store.tell(CancelRunning(task_id, error, utc_now(), tuple(self._cancelling.pop(task_id))))
             return
         logger.debug("task %s: attempt %d failed: %s", task_id, attempt, error)  # may quote task data
         if retryable and attempt < self._settings.max_attempts:

@@ -87,7 +87,7 @@ RETRY_MAX_S = 5.0  # the longest wait between tries while a fault lasts
 SUMMARY_S = 5.0  # while a fault lasts, at most one log line this often
 Update = tuple[str, tuple[Any, ...]]  # a status update as SQL and parameters
 # A control request's answer, given once its write is committed, and a message to send then.
-Answer = tuple["pykka.Future[ControlResult] | None", ControlResult, "tuple[pykka.ActorRef[Any], Any] | None"]
+Answer = tuple["pykka.Future[ControlResult]", ControlResult, "tuple[pykka.ActorRef[Any], Any] | None"]
 # A write that changes nothing but still writes a page, to find out whether a fault has cleared.
 PROBE = (
     "UPDATE schema_migrations SET applied_at = applied_at WHERE version = (SELECT MAX(version) FROM schema_migrations)"
@@ -297,7 +297,8 @@ class StoreActor(Actor):
             "UPDATE tasks SET status = 'cancelled', error = ?, processed_at = ? WHERE id = ?",
             (message.error, message.processed_at, message.task_id),
         )
-        self._answer(message.task_id, message.answer, "cancelled")
+        for answer in message.answers:
+            self._answer(message.task_id, answer, "cancelled")
 
     def _retry_finished(self, message: RetryFinished) -> None:
         queued = self._control_write(
@@ -332,7 +333,7 @@ class StoreActor(Actor):
     def _answer(
         self,
         task_id: str,
-        answer: pykka.Future[ControlResult] | None,
+        answer: pykka.Future[ControlResult],
         done_status: str | None,
         then: tuple[pykka.ActorRef[Any], Any] | None = None,
     ) -> None:
@@ -342,8 +343,7 @@ class StoreActor(Actor):
             self._answers.append((answer, ControlResult(done_status, done=True), then))
             return
         found = self.conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        if answer is not None:
-            answer.set(ControlResult(None if found is None else found[0], done=False))
+        answer.set(ControlResult(None if found is None else found[0], done=False))
         if then is not None:
             _reply(*then)
 
@@ -419,8 +419,7 @@ class StoreActor(Actor):
             submit.committed.set(earlier_id)
         answers, self._answers = self._answers, []
         for answer, result, then in answers:
-            if answer is not None:
-                answer.set(result)
+            answer.set(result)
             if then is not None:
                 _reply(*then)
 
@@ -436,8 +435,7 @@ class StoreActor(Actor):
         self._replayed = []
         answers, self._answers = self._answers, []
         for answer, _, _ in answers:
-            if answer is not None:
-                answer.set_exception((StoreError, StoreError("the store cannot write now; try again"), None))
+            answer.set_exception((StoreError, StoreError("the store cannot write now; try again"), None))
         if isinstance(message, CancelQueued):  # the queue waits to hear how its cancel ended
             _reply(message.reply_to, TaskCancelled(message.task_id, cancelled=False))
         fault = self._note_fault(str(error), len(inserted))

@@ -218,3 +218,20 @@ def test_a_task_blocked_where_the_interrupt_cannot_reach_ends_cancelled_and_its_
         wait_until(lambda: status_is(client, next_one, "completed"), what="the new worker to run the next task")
     finally:
         BLOCKED.set()  # the stuck worker's thread returns, runs nothing more, and ends
+
+
+def test_two_cancels_of_one_running_task_both_get_their_answer(client):
+    task_id = submit(client, "runs_long")
+    wait_until(lambda: status_is(client, task_id, "running"), what="the task to run")
+    answers: list[int] = []
+    cancels = [
+        threading.Thread(target=lambda: answers.append(client.simulate_post(f"/tasks/{task_id}/cancel").status_code))
+        for _ in range(2)
+    ]
+    for cancel in cancels:
+        cancel.start()
+    for cancel in cancels:
+        cancel.join(30)
+
+    assert sorted(answers) in ([200, 200], [200, 409]), "the second may come after the first has ended it"
+    assert task(client, task_id)["status"] == "cancelled"
