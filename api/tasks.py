@@ -121,12 +121,12 @@ def _idempotency_key(req: falcon.Request) -> str | None:
     key = req.get_header("Idempotency-Key")
     if key is None:
         return None
-    if len(key) >= 2 and key[0] == key[-1] == '"':  # the IETF draft sends it as a quoted string
-        key = key[1:-1]
     if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= c <= "~" for c in key):
         raise falcon.HTTPBadRequest(
             description=f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters"
         )
+    if len(key) >= 3 and key[0] == key[-1] == '"':  # the IETF draft sends it as a quoted string
+        key = key[1:-1]
     return key
 
 

@@ -92,3 +92,11 @@ def test_a_key_is_forgotten_after_its_window(client):
     )
 
     assert later != first
+
+
+def test_the_length_limit_counts_the_quotes_of_a_quoted_key(client):
+    quoted = '"' + "k" * 254 + '"'  # 256 characters as sent
+
+    result = client.simulate_post("/tasks", json={"action": "x"}, headers={"Idempotency-Key": quoted})
+
+    assert result.status_code == 400
