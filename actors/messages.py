@@ -186,10 +186,10 @@ class TaskCancelled:
 
 @dataclass(frozen=True, slots=True)
 class WorkerStarted:
-    """From a worker as it starts: where its stopwatch takes the ids of tasks to interrupt (cancel)."""
+    """From a worker as it starts: where its stopwatch takes the dispatch numbers of tasks to cancel."""
 
     worker: ActorRef[Any]
-    interrupts: SimpleQueue[str]
+    interrupts: SimpleQueue[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +225,7 @@ class QueueState:
     backlog: bool  #: whether ready tasks may be waiting in the store beyond the window
     draining: bool
     paused: bool  #: dispatching nothing new (see SetPaused)
+    cancelling: int  #: tasks in flight whose cancel is under way
     workers: int  #: workers alive in the pool
     worker_restarts: int  #: workers replaced since start
     unfinished: int  #: committed tasks not yet completed or failed (the backlog)
@@ -248,6 +249,7 @@ class Execute:
 
     task: QueuedTask
     reply_to: ActorRef[Any]
+    dispatch: int = 0  #: the queue's number for this hand-over; a cancel names it, so an old one matches nothing
 
 
 # --- to the StoreActor -----------------------------------------------------------------

@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
@@ -125,14 +125,15 @@ class QueueActor(Actor):
         self._ready: deque[QueuedTask] = deque()
         self._backlog = True  # the store may hold ready tasks that are not in _ready
         self._fetching = False
-        self._in_flight: dict[str, tuple[int, int]] = {}  # task id -> (worker index, attempt)
+        self._in_flight: dict[str, tuple[int, int, int]] = {}  # task id -> (worker index, attempt, dispatch)
+        self._dispatches = 0  # hand-overs so far, numbering them
         self._load = [0] * pool.count  # tasks in flight per worker
         self._draining = False
         self._paused = False
         self._unfinished = 0  # committed tasks not yet completed or failed
-        self._cancels_asked: set[str] = set()  # ids the store is cancelling: never dispatched
+        self._cancels_asked: Counter[str] = Counter()  # ids the store is cancelling (how many times): not dispatched
         self._cancelling: dict[str, list[pykka.Future[ControlResult]]] = {}  # in flight, interrupt sent: askers
-        self._interrupts: dict[pykka.ActorRef[Any], SimpleQueue[str]] = {}  # each worker's cancel mailbox
+        self._interrupts: dict[pykka.ActorRef[Any], SimpleQueue[int]] = {}  # each worker's cancel mailbox
         self._wake_timer: threading.Timer | None = None
         self._wake_at: float | None = None
 
@@ -181,6 +182,7 @@ class QueueActor(Actor):
                     backlog=self._backlog,
                     draining=self._draining,
                     paused=self._paused,
+                    cancelling=len(self._cancelling),
                     workers=sum(worker.is_alive() for worker in self._workers),
                     worker_restarts=self._restart_count,
                     unfinished=self._unfinished,
@@ -205,7 +207,9 @@ class QueueActor(Actor):
             case CancelTask(task_id, answer):
                 self._cancel(task_id, answer)
             case TaskCancelled(task_id, cancelled):
-                self._cancels_asked.discard(task_id)
+                self._cancels_asked[task_id] -= 1
+                if self._cancels_asked[task_id] <= 0:
+                    del self._cancels_asked[task_id]
                 if cancelled:
                     self._unfinished -= 1
                     self._ready = deque(task for task in self._ready if task.id != task_id)
@@ -220,13 +224,13 @@ class QueueActor(Actor):
         slot = self._in_flight.get(task_id)
         if slot is None:
             self._ready = deque(task for task in self._ready if task.id != task_id)
-            self._cancels_asked.add(task_id)
+            self._cancels_asked[task_id] += 1
             self._store.tell(CancelQueued(task_id, answer, self.actor_ref))
             return
         self._cancelling.setdefault(task_id, []).append(answer)
         interrupts = self._interrupts.get(self._workers[slot[0]])
         if interrupts is not None:
-            interrupts.put(task_id)
+            interrupts.put(slot[2])
         logger.info("task %s: cancelling it on worker %d", task_id, slot[0])
 
     def _take_stored(self, tasks: tuple[QueuedTask, ...]) -> None:
@@ -285,7 +289,7 @@ class QueueActor(Actor):
         if worker not in self._workers:
             return  # already replaced
         slot = self._workers.index(worker)
-        lost = [(task_id, attempt) for task_id, (held_by, attempt) in self._in_flight.items() if held_by == slot]
+        lost = [(task_id, attempt) for task_id, (held_by, attempt, _) in self._in_flight.items() if held_by == slot]
         if self._draining:
             logger.error(
                 "worker %d failed while stopping (%s); its %d tasks run after a restart", slot, error, len(lost)
@@ -322,11 +326,12 @@ class QueueActor(Actor):
             if task.id in self._cancels_asked:
                 continue
             worker = self._load.index(min(self._load))
-            self._in_flight[task.id] = (worker, task.attempts + 1)
+            self._dispatches += 1
+            self._in_flight[task.id] = (worker, task.attempts + 1, self._dispatches)
             self._load[worker] += 1
             self._store.tell(MarkRunning(task.id, utc_now()))
             try:
-                self._workers[worker].tell(Execute(task, self.actor_ref))
+                self._workers[worker].tell(Execute(task, self.actor_ref, self._dispatches))
             except pykka.ActorDeadError:  # it died and its WorkerFailed is still on the way
                 self._replace_worker(self._workers[worker], "it had stopped")
         if not self._ready and self._backlog and not self._fetching:

@@ -139,7 +139,8 @@ class StoreActor(Actor):
         self._conn: sqlite3.Connection | None = None
         self._in_transaction = False
         self._inserted: list[InsertTask] = []  # inserts in the open transaction
-        self._replayed: list[tuple[InsertTask, str]] = []  # submits whose key gave an earlier task (its id)
+        # Submits whose key was used before: the earlier task's id, or None for another request (a conflict).
+        self._replayed: list[tuple[InsertTask, str | None]] = []
         self._updates: list[Update] = []  # status updates in the open transaction
         self._answers: list[Answer] = []  # control requests written in the open transaction
         self._unsaved: list[Update] = []  # status updates rolled back by a fault, to write again
@@ -255,16 +256,7 @@ class StoreActor(Actor):
         if earlier is None:
             return False
         task_id, request_hash = earlier
-        if request_hash != task.request_hash:
-            message.committed.set_exception(
-                (
-                    IdempotencyConflict,
-                    IdempotencyConflict(f"the key was used for another request (task {task_id})"),
-                    None,
-                )
-            )
-        else:
-            self._replayed.append((message, task_id))
+        self._replayed.append((message, task_id if request_hash == task.request_hash else None))
         return True
 
     def _update(self, sql: str, params: tuple[Any, ...]) -> int:
@@ -293,7 +285,7 @@ class StoreActor(Actor):
         self._answer(message.task_id, message.answer, "cancelled" if cancelled else None, then)
 
     def _cancel_running(self, message: CancelRunning) -> None:
-        self._control_write(
+        self._update(  # a status update: kept and written again after a fault, as a failure would be
             "UPDATE tasks SET status = 'cancelled', error = ?, processed_at = ? WHERE id = ?",
             (message.error, message.processed_at, message.task_id),
         )
@@ -337,15 +329,14 @@ class StoreActor(Actor):
         done_status: str | None,
         then: tuple[pykka.ActorRef[Any], Any] | None = None,
     ) -> None:
-        """Answer once the write is committed if it was done (``done_status``); else at once, with the
-        task's status as it is (None: no such task). ``then`` is a message to send along with the answer."""
+        """Answer once the transaction is committed: ``done_status`` if the request was done, else the task's
+        status as it is (None: no such task). ``then`` is a message to send along with the answer."""
         if done_status is not None:
-            self._answers.append((answer, ControlResult(done_status, done=True), then))
-            return
-        found = self.conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        answer.set(ControlResult(None if found is None else found[0], done=False))
-        if then is not None:
-            _reply(*then)
+            result = ControlResult(done_status, done=True)
+        else:
+            found = self.conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            result = ControlResult(None if found is None else found[0], done=False)
+        self._answers.append((answer, result, then))
 
     def _moved(self) -> bool:
         """Whether the file at the database's path is no longer the file this store writes."""
@@ -398,6 +389,7 @@ class StoreActor(Actor):
         self._in_transaction = False
         if self._moved():
             answered_with_earlier = [submit for submit, _ in self._replayed]
+            self._replayed = []
             self._refuse(
                 inserted + answered_with_earlier, "the database file was deleted or replaced; the task was not stored"
             )
@@ -416,7 +408,11 @@ class StoreActor(Actor):
             message.committed.set(None)
         replayed, self._replayed = self._replayed, []
         for submit, earlier_id in replayed:
-            submit.committed.set(earlier_id)
+            if earlier_id is None:
+                conflict = IdempotencyConflict("the key was used for another request")
+                submit.committed.set_exception((IdempotencyConflict, conflict, None))
+            else:
+                submit.committed.set(earlier_id)
         answers, self._answers = self._answers, []
         for answer, result, then in answers:
             answer.set(result)
@@ -433,10 +429,15 @@ class StoreActor(Actor):
         self._updates = []
         self._refuse(inserted + [submit for submit, _ in self._replayed], "the store cannot write now; try again")
         self._replayed = []
+        cannot_write = (StoreError, StoreError("the store cannot write now; try again"), None)
         answers, self._answers = self._answers, []
-        for answer, _, _ in answers:
-            answer.set_exception((StoreError, StoreError("the store cannot write now; try again"), None))
-        if isinstance(message, CancelQueued):  # the queue waits to hear how its cancel ended
+        for answer, _, then in answers:
+            answer.set_exception(cannot_write)
+            if then is not None and isinstance(then[1], TaskCancelled):  # the queue waits to hear how it ended
+                _reply(then[0], TaskCancelled(then[1].task_id, cancelled=False))
+        if isinstance(message, CancelQueued | RetryFinished | DeleteTask):  # it failed before it had an answer
+            message.answer.set_exception(cannot_write)
+        if isinstance(message, CancelQueued):
             _reply(message.reply_to, TaskCancelled(message.task_id, cancelled=False))
         fault = self._note_fault(str(error), len(inserted))
         if isinstance(message, FetchReady):  # nothing fetched: the queue asks again after the backoff

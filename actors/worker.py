@@ -20,9 +20,11 @@ supervisor (the queue) starts another in its place and retries the tasks it held
 stuck worker, should it ever return, runs nothing more. A worker whose start-up fails, or
 that raises outside an action, tells its supervisor too.
 
-Cancels: a task id put in the stopwatch's mailbox (``interrupts``) is interrupted the same
-way with :class:`TaskCancelled` if it is running, or not run at all if it is still waiting
-in the worker's inbox; either way the worker nacks it, not to be retried.
+Cancels: a dispatch number (``Execute.dispatch``) put in the stopwatch's mailbox
+(``interrupts``) has its task interrupted the same way, with :class:`TaskCancelled`, if it
+is running, or not run at all if it is still waiting in the worker's inbox; either way the
+worker nacks it, not to be retried. A number names one hand-over, so a cancel that comes
+too late matches nothing, not a later run of the same task.
 """
 
 from __future__ import annotations
@@ -73,14 +75,14 @@ class Stopwatch(threading.Thread):
         self._worker_thread = worker_thread
         self._on_stuck = on_stuck
         self._grace_s = grace_s
-        self._running: tuple[int, str, float] | None = None  # (run number, task id, deadline)
+        self._running: tuple[int, str, float, int] | None = None  # (run number, task id, deadline, dispatch)
         self._stopped = threading.Event()
-        self.interrupts: SimpleQueue[str] = SimpleQueue()
-        self._cancelled: set[str] = set()  # ids cancelled and not yet met
+        self.interrupts: SimpleQueue[int] = SimpleQueue()  # dispatch numbers (Execute.dispatch) to cancel
+        self._cancelled: set[int] = set()  # cancelled and not yet met
         self._lock = threading.Lock()
 
-    def begin(self, run: int, task_id: str, timeout_s: float) -> None:
-        self._running = (run, task_id, time.monotonic() + timeout_s)
+    def begin(self, run: int, task_id: str, timeout_s: float, dispatch: int) -> None:
+        self._running = (run, task_id, time.monotonic() + timeout_s, dispatch)
 
     def end(self) -> None:
         self._running = None
@@ -88,13 +90,14 @@ class Stopwatch(threading.Thread):
     def stop(self) -> None:
         self._stopped.set()
 
-    def cancelled(self, task_id: str) -> bool:
-        """Whether ``task_id`` has been cancelled (and forget it): the worker asks before it runs a task."""
+    def cancelled(self, dispatch: int) -> bool:
+        """Whether the task handed over as ``dispatch`` has been cancelled (and forget it); the worker asks
+        before it runs a task."""
         with self._lock:
             while not self.interrupts.empty():
                 self._cancelled.add(self.interrupts.get())
-            if task_id in self._cancelled:
-                self._cancelled.discard(task_id)
+            if dispatch in self._cancelled:
+                self._cancelled.discard(dispatch)
                 return True
             return False
 
@@ -105,13 +108,13 @@ class Stopwatch(threading.Thread):
             running = self._running
             if running is None:
                 continue
-            run, task_id, deadline = running
+            run, task_id, deadline, dispatch = running
             if run == interrupted:
                 if time.monotonic() > give_up_at:
                     self._on_stuck(task_id)
                     return
                 continue
-            cancelled = self.cancelled(task_id)
+            cancelled = self.cancelled(dispatch)
             if cancelled or time.monotonic() >= deadline:
                 interrupted, give_up_at = run, time.monotonic() + self._grace_s
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
@@ -168,8 +171,11 @@ class WorkerActor(Actor):
             self.stop()
             return
         match message:
-            case Execute(task, reply_to):
-                reply = self._run(task)
+            case Execute(task, reply_to, dispatch):
+                reply = self._run(task, dispatch)
+                if self._stuck:  # replaced meanwhile: the task is someone else's now, and the answer stale
+                    self.stop()
+                    return
                 try:
                     reply_to.tell(reply)
                 except pykka.ActorDeadError:  # shutting down: the task stays running and runs again
@@ -177,17 +183,17 @@ class WorkerActor(Actor):
             case _:
                 raise TypeError(f"unexpected message {type(message).__name__}")
 
-    def _run(self, task: QueuedTask) -> Ack | Nack:
+    def _run(self, task: QueuedTask, dispatch: int) -> Ack | Nack:
         assert self._stopwatch is not None
         if self._work_delay_s:
             time.sleep(self._work_delay_s)  # the tutorial's simulated work
         action, timeout_s = self._actions.lookup(task.action)
         timeout_s = timeout_s or self._task_timeout_s
         attempt = task.attempts + 1
-        if self._stopwatch.cancelled(task.id):
+        if self._stopwatch.cancelled(dispatch):
             return Nack(task.id, attempt, "cancelled before it ran", retryable=False)
         self._runs += 1
-        self._stopwatch.begin(self._runs, task.id, timeout_s)
+        self._stopwatch.begin(self._runs, task.id, timeout_s, dispatch)
         try:
             result = action(orjson.loads(task.payload))
             if not isinstance(result, dict):

@@ -20,7 +20,7 @@ from actors.jsonvalues import INT_MAX, NotStorable, check_storable, loads_exact
 from actors.messages import NewTask
 from actors.reader import Cursor, TaskFilter, Unreadable
 from actors.store import IdempotencyConflict
-from api.control import answer_control
+from api.control import RETRY_AFTER_S, answer_control
 
 __all__ = ["TaskCollection", "TaskItem"]
 
@@ -29,7 +29,6 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_CURSOR_LENGTH = 200
 MAX_KEY_LENGTH = 255
-RETRY_AFTER_S = 1
 
 
 class TaskCollection:
@@ -50,6 +49,12 @@ class TaskCollection:
         except NotAccepted as e:
             if not e.maybe_stored:
                 raise falcon.HTTPServiceUnavailable(description=str(e), retry_after=RETRY_AFTER_S) from None
+            if task.idempotency_key is not None:  # the task may be an earlier one: submitting again tells
+                raise falcon.HTTPServiceUnavailable(
+                    description="the store took the task but did not confirm its commit in time:"
+                    " submit it again with the same Idempotency-Key",
+                    retry_after=RETRY_AFTER_S,
+                ) from None
             # The outcome is unknown: give the id, so the client looks the task up instead of resubmitting.
             resp.status = falcon.HTTP_503
             resp.retry_after = RETRY_AFTER_S
@@ -177,7 +182,7 @@ def _parse_time(req: falcon.Request, name: str) -> str | None:
         moment = datetime.datetime.fromisoformat(raw)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.UTC)
-        return f"{moment.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%S.%f}Z"
+        return moment.astimezone(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     except (ValueError, OverflowError):
         raise falcon.HTTPBadRequest(
             description=f"{name} must be an ISO 8601 time, such as 2026-12-01T15:00:00Z"

@@ -84,7 +84,15 @@ def test_at_most_prefetch_tasks_are_in_flight_across_the_workers(store, fake_wor
     ids = [submit(queue, n) for n in range(8)]
 
     assert state(queue) == QueueState(
-        ready=3, in_flight=5, backlog=False, draining=False, paused=False, workers=2, worker_restarts=0, unfinished=8
+        ready=3,
+        in_flight=5,
+        backlog=False,
+        draining=False,
+        paused=False,
+        cancelling=0,
+        workers=2,
+        worker_restarts=0,
+        unfinished=8,
     )
     executes = [receive(inbox, Execute) for _ in range(5)]
     assert [e.task.id for e in executes] == ids[:5]

@@ -202,6 +202,5 @@ def test_a_worker_stuck_where_the_interrupt_cannot_reach_is_reported_and_runs_no
     assert failed == WorkerFailed(worker, "stuck in task t1 after its interrupt")
     release.set()
 
-    assert receive(inbox, Nack) == Nack("t1", 1, "timed out after 0.1 s", retryable=True)
     assert worker.actor_stopped.wait(10)
-    assert inbox.empty(), "t2 was not run by the stuck worker"
+    assert inbox.empty(), "neither t1's late answer is sent (t1 is another worker's now) nor t2 run"

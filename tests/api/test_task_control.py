@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -79,14 +80,31 @@ def test_a_running_task_is_interrupted_ends_cancelled_and_the_worker_goes_on(cli
     assert (health["workers"], health["worker_restarts"]) == (1, 0)
 
 
-def test_a_task_waiting_in_its_workers_inbox_is_cancelled_before_it_runs(client):
-    first = submit(client, "short")
+HOLD = threading.Event()
+
+
+@registry.action("holds_the_worker")
+def holds_the_worker(data: dict[str, Any]) -> dict[str, Any]:
+    while not HOLD.is_set():  # Python code waiting for the test, so the next task waits in the inbox
+        time.sleep(0.01)
+    return {"output": "released"}
+
+
+def test_a_task_waiting_in_its_workers_inbox_is_cancelled_before_it_runs(client, system):
+    HOLD.clear()
+    first = submit(client, "holds_the_worker")
     waiting = submit(client, "uppercase")  # handed to the only worker, behind the first
     wait_until(lambda: status_is(client, waiting, "running"), what="the second task to be handed over")
+    answers: list[testing.Result] = []
+    cancel = threading.Thread(target=lambda: answers.append(client.simulate_post(f"/tasks/{waiting}/cancel")))
+    cancel.start()
+    try:
+        wait_until(lambda: system.inspect().cancelling == 1, what="the queue to send the cancel to the worker")
+    finally:
+        HOLD.set()  # the first task ends; the worker meets the second, cancelled, and skips it
+    cancel.join(30)
 
-    cancelled = client.simulate_post(f"/tasks/{waiting}/cancel")
-
-    assert cancelled.json == {"id": waiting, "status": "cancelled"}
+    assert answers[0].json == {"id": waiting, "status": "cancelled"}
     assert task(client, waiting)["error"] == "cancelled before it ran"
     assert wait_until(lambda: status_is(client, first, "completed"), what="the first task")
 
