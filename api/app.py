@@ -11,7 +11,7 @@ import orjson
 
 from actors import TaskSystem
 from api.auth import BearerAuth
-from api.control import QueuePause, TaskCancel, TaskRetry
+from api.control import QueuePause, cancel_and_retry
 from api.errors import install_error_handling
 from api.health import Health
 from api.openapi import OpenApi
@@ -31,8 +31,8 @@ def create_app(system: TaskSystem) -> falcon.App:
 
     app.add_route("/tasks", TaskCollection(system))
     app.add_route("/tasks/{task_id}", TaskItem(system))
-    app.add_route("/tasks/{task_id}/cancel", TaskCancel(system))
-    app.add_route("/tasks/{task_id}/retry", TaskRetry(system))
+    for path, resource in cancel_and_retry(system).items():
+        app.add_route(path, resource)
     app.add_route("/queue/pause", QueuePause(system, paused=True))
     app.add_route("/queue/resume", QueuePause(system, paused=False))
     app.add_route("/health", Health(system))

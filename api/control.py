@@ -10,7 +10,7 @@ import falcon
 from actors import NotAccepted, TaskSystem
 from actors.messages import ControlResult
 
-__all__ = ["QueuePause", "TaskCancel", "TaskRetry", "answer_control"]
+__all__ = ["QueuePause", "TaskAction", "answer_control", "cancel_and_retry"]
 
 RETRY_AFTER_S = 1
 
@@ -32,28 +32,30 @@ def answer_control(
     return result
 
 
-class TaskCancel:
-    """``POST /tasks/{id}/cancel``: a queued task never runs; a running one is interrupted; both end ``cancelled``."""
+class TaskAction:
+    """``POST /tasks/{id}/cancel`` and ``/retry``: a control request on one task, answered as
+    :func:`answer_control` says."""
 
-    def __init__(self, system: TaskSystem) -> None:
-        self._system = system
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
-        answer_control(
-            resp, task_id, self._system.cancel, "the task is {status}: only a queued or running task can be cancelled"
-        )
-
-
-class TaskRetry:
-    """``POST /tasks/{id}/retry``: a failed or cancelled task is queued again, as a new series of attempts."""
-
-    def __init__(self, system: TaskSystem) -> None:
-        self._system = system
+    def __init__(self, request: Callable[[str], ControlResult], refused: str) -> None:
+        self._request = request
+        self._refused = refused
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
-        answer_control(
-            resp, task_id, self._system.retry, "the task is {status}: only a failed or cancelled task can be retried"
-        )
+        answer_control(resp, task_id, self._request, self._refused)
+
+
+def cancel_and_retry(system: TaskSystem) -> dict[str, TaskAction]:
+    """The routes of the task actions, by path."""
+    return {
+        # A queued task never runs; a running one is interrupted; both end cancelled.
+        "/tasks/{task_id}/cancel": TaskAction(
+            system.cancel, "the task is {status}: only a queued or running task can be cancelled"
+        ),
+        # A failed or cancelled task is queued again, as a new series of attempts.
+        "/tasks/{task_id}/retry": TaskAction(
+            system.retry, "the task is {status}: only a failed or cancelled task can be retried"
+        ),
+    }
 
 
 class QueuePause:
