@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -85,8 +84,7 @@ HOLD = threading.Event()
 
 @registry.action("holds_the_worker")
 def holds_the_worker(data: dict[str, Any]) -> dict[str, Any]:
-    while not HOLD.is_set():  # Python code waiting for the test, so the next task waits in the inbox
-        time.sleep(0.01)
+    HOLD.wait(30)  # holds the only worker, so the next task waits in its inbox
     return {"output": "released"}
 
 
