@@ -9,7 +9,6 @@ edge of the system (the HTTP resource, start-up, a test) waits on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from queue import SimpleQueue
 from typing import Any
 
 from pykka import ActorRef, Future
@@ -51,7 +50,6 @@ __all__ = [
     "TasksStored",
     "Wake",
     "WorkerFailed",
-    "WorkerStarted",
 ]
 
 
@@ -182,14 +180,6 @@ class TaskCancelled:
 
     task_id: str
     cancelled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStarted:
-    """From a worker as it starts: where its stopwatch takes the dispatch numbers of tasks to cancel."""
-
-    worker: ActorRef[Any]
-    interrupts: SimpleQueue[int]
 
 
 @dataclass(frozen=True, slots=True)

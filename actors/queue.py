@@ -15,7 +15,6 @@ Protocol
                                                        CancelQueued, or interrupts its worker and,
                                                        once nacked, tells the store CancelRunning
               :class:`~actors.messages.TaskCancelled` (store) -> forgets the cancel under way
-              :class:`~actors.messages.WorkerStarted` (worker) -> keeps where to send its cancels
               :class:`~actors.messages.SetPaused` (edge, by ask) -> dispatches nothing new, or again
               :class:`~actors.messages.Drain` (shutdown, by ask) -> dispatches nothing more
               :class:`~actors.messages.Inspect` (edges, by ask)
@@ -79,7 +78,6 @@ from actors.messages import (
     TasksStored,
     Wake,
     WorkerFailed,
-    WorkerStarted,
 )
 from actors.timers import tell_later
 from conf import QueueConfig, WorkersConfig
@@ -101,7 +99,8 @@ class WorkerPoolFailed(Exception):
     """Raised when workers die faster than the restart limit allows."""
 
 
-StartWorker = Callable[[pykka.ActorRef[Any]], pykka.ActorRef[Any]]  # supervisor -> new worker
+# (supervisor, the worker's cancel mailbox) -> new worker
+StartWorker = Callable[[pykka.ActorRef[Any], SimpleQueue[int]], pykka.ActorRef[Any]]
 
 
 class QueueActor(Actor):
@@ -133,12 +132,13 @@ class QueueActor(Actor):
         self._unfinished = 0  # committed tasks not yet completed or failed
         self._cancels_asked: Counter[str] = Counter()  # ids the store is cancelling (how many times): not dispatched
         self._cancelling: dict[str, list[pykka.Future[ControlResult]]] = {}  # in flight, interrupt sent: askers
-        self._interrupts: dict[pykka.ActorRef[Any], SimpleQueue[int]] = {}  # each worker's cancel mailbox
+        self._interrupts: list[SimpleQueue[int]] = []  # each worker's cancel mailbox, by slot
         self._wake_timer: threading.Timer | None = None
         self._wake_at: float | None = None
 
     def on_start(self) -> None:
-        self._workers = [self._start_worker(self.actor_ref) for _ in range(self._pool.count)]
+        self._interrupts = [SimpleQueue() for _ in range(self._pool.count)]
+        self._workers = [self._start_worker(self.actor_ref, interrupts) for interrupts in self._interrupts]
         self._store.tell(RequeueUnfinished(self._settings.max_attempts, self.actor_ref))
         self._dispatch()
 
@@ -168,7 +168,7 @@ class QueueActor(Actor):
                 self._backlog = True
             case WorkerFailed(worker, error):
                 self._replace_worker(worker, error)
-            case CancelTask() | TaskCancelled() | SetPaused() | WorkerStarted():
+            case CancelTask() | TaskCancelled() | SetPaused():
                 self._control(message)
             case Drain():
                 self._draining = True
@@ -200,10 +200,8 @@ class QueueActor(Actor):
         else:
             self._store.tell(InsertTask(task, committed, self.actor_ref))
 
-    def _control(self, message: CancelTask | TaskCancelled | SetPaused | WorkerStarted) -> None:
+    def _control(self, message: CancelTask | TaskCancelled | SetPaused) -> None:
         match message:
-            case WorkerStarted(worker, interrupts):
-                self._interrupts[worker] = interrupts
             case CancelTask(task_id, answer):
                 self._cancel(task_id, answer)
             case TaskCancelled(task_id, cancelled):
@@ -228,9 +226,7 @@ class QueueActor(Actor):
             self._store.tell(CancelQueued(task_id, answer, self.actor_ref))
             return
         self._cancelling.setdefault(task_id, []).append(answer)
-        interrupts = self._interrupts.get(self._workers[slot[0]])
-        if interrupts is not None:
-            interrupts.put(slot[2])
+        self._interrupts[slot[0]].put(slot[2])  # read by the worker's stopwatch
         logger.info("task %s: cancelling it on worker %d", task_id, slot[0])
 
     def _take_stored(self, tasks: tuple[QueuedTask, ...]) -> None:
@@ -304,8 +300,8 @@ class QueueActor(Actor):
                 f"workers failed {len(self._restarts)} times in {self._pool.restart_window_s} s; last: {error}"
             )
         self._restart_count += 1
-        self._interrupts.pop(worker, None)
-        self._workers[slot] = self._start_worker(self.actor_ref)
+        self._interrupts[slot] = SimpleQueue()
+        self._workers[slot] = self._start_worker(self.actor_ref, self._interrupts[slot])
         logger.error(
             "worker %d failed (%s); started a new one (restart %d of %d allowed in %d s); %d of its tasks are retried",
             slot,

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 from typing import Any
 
 import pykka
@@ -274,9 +275,9 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         config.store.idempotency_window_s,
     )
 
-    def start_worker(supervisor: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+    def start_worker(supervisor: pykka.ActorRef[Any], interrupts: SimpleQueue[int]) -> pykka.ActorRef[Any]:
         delay_s = config.workers.work_delay_ms / 1000
-        return WorkerActor.start(actions, delay_s, config.workers.task_timeout_s, supervisor)
+        return WorkerActor.start(actions, delay_s, config.workers.task_timeout_s, supervisor, interrupts=interrupts)
 
     queue = QueueActor.start(store, start_worker, config.queue, config.workers)
     return TaskSystem(config, schema_version, store, queue, TaskReader(db_path), lock)

@@ -1,11 +1,10 @@
 """WorkerActor: runs one task at a time and answers ack or nack.
 
 Protocol
-    receives  :class:`~actors.messages.Execute`; task ids to cancel, in its stopwatch's mailbox
+    receives  :class:`~actors.messages.Execute`; dispatch numbers to cancel, in its cancel mailbox
     sends     :class:`~actors.messages.Ack` with the result, or :class:`~actors.messages.Nack`
               with the error, to ``Execute.reply_to``;
-              :class:`~actors.messages.WorkerStarted` (with that mailbox) to its supervisor as it
-              starts, :class:`~actors.messages.WorkerFailed` if it dies or is stuck
+              :class:`~actors.messages.WorkerFailed` to its supervisor if it dies or is stuck
     replies   nothing
 
 A failing action is a nack, never a dead worker: every exception an action raises becomes
@@ -20,11 +19,12 @@ supervisor (the queue) starts another in its place and retries the tasks it held
 stuck worker, should it ever return, runs nothing more. A worker whose start-up fails, or
 that raises outside an action, tells its supervisor too.
 
-Cancels: a dispatch number (``Execute.dispatch``) put in the stopwatch's mailbox
-(``interrupts``) has its task interrupted the same way, with :class:`TaskCancelled`, if it
-is running, or not run at all if it is still waiting in the worker's inbox; either way the
-worker nacks it, not to be retried. A number names one hand-over, so a cancel that comes
-too late matches nothing, not a later run of the same task.
+Cancels: a dispatch number (``Execute.dispatch``) put in the worker's cancel mailbox
+(``interrupts``, made by its supervisor and read by its stopwatch) has its task interrupted
+the same way, with :class:`TaskCancelled`, if it is running, or not run at all if it is
+still waiting in the worker's inbox; either way the worker nacks it, not to be retried. A
+number names one hand-over, so a cancel that comes too late matches nothing, not a later
+run of the same task.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import pykka
 from actors.actions import ActionRegistry, InvalidTaskData
 from actors.base import Actor
 from actors.jsonvalues import NotStorable, check_storable
-from actors.messages import Ack, Execute, Nack, QueuedTask, WorkerFailed, WorkerStarted
+from actors.messages import Ack, Execute, Nack, QueuedTask, WorkerFailed
 
 __all__ = ["TaskCancelled", "TaskTimedOut", "WorkerActor"]
 
@@ -66,18 +66,20 @@ class Stopwatch(threading.Thread):
     """Watches the task its worker runs: interrupts it at its deadline or when it is cancelled, and
     reports the worker stuck if the task does not return within the grace period after that.
 
-    Cancels arrive in ``interrupts``, the stopwatch's own mailbox (task ids), which the worker
-    hands to its supervisor as it starts: the worker's inbox is not read while it runs a task.
+    Cancels arrive in ``interrupts``, the stopwatch's own mailbox (dispatch numbers), which the
+    supervisor made and gave the worker: the worker's inbox is not read while it runs a task.
     """
 
-    def __init__(self, worker_thread: int, on_stuck: Callable[[str], None], grace_s: float) -> None:
+    def __init__(
+        self, worker_thread: int, on_stuck: Callable[[str], None], grace_s: float, interrupts: SimpleQueue[int]
+    ) -> None:
         super().__init__(name=f"stopwatch-{worker_thread}", daemon=True)
         self._worker_thread = worker_thread
         self._on_stuck = on_stuck
         self._grace_s = grace_s
         self._running: tuple[int, str, float, int] | None = None  # (run number, task id, deadline, dispatch)
         self._stopped = threading.Event()
-        self.interrupts: SimpleQueue[int] = SimpleQueue()  # dispatch numbers (Execute.dispatch) to cancel
+        self.interrupts = interrupts  # dispatch numbers (Execute.dispatch) to cancel
         self._cancelled: set[int] = set()  # cancelled and not yet met
         self._lock = threading.Lock()
 
@@ -133,9 +135,12 @@ class WorkerActor(Actor):
         work_delay_s: float = 0.0,
         task_timeout_s: float = 60.0,
         supervisor: pykka.ActorRef[Any] | None = None,
+        *,
         grace_s: float = GRACE_S,
+        interrupts: SimpleQueue[int] | None = None,
     ) -> None:
         super().__init__()
+        self._interrupts: SimpleQueue[int] = SimpleQueue() if interrupts is None else interrupts
         self._actions = actions
         self._work_delay_s = work_delay_s
         self._task_timeout_s = task_timeout_s
@@ -151,11 +156,8 @@ class WorkerActor(Actor):
         except Exception as e:
             self._report_failure(f"{type(e).__name__}: {e}")
             raise
-        self._stopwatch = Stopwatch(threading.get_ident(), self._give_up, self._grace_s)
+        self._stopwatch = Stopwatch(threading.get_ident(), self._give_up, self._grace_s, self._interrupts)
         self._stopwatch.start()
-        if self._supervisor is not None:
-            with contextlib.suppress(pykka.ActorDeadError):  # the supervisor is stopping: so are we, soon
-                self._supervisor.tell(WorkerStarted(self.actor_ref, self._stopwatch.interrupts))
 
     def on_stop(self) -> None:
         if self._stopwatch is not None:

@@ -14,8 +14,6 @@ from typing import Any, TypeVar
 
 import pykka
 
-from actors.messages import WorkerStarted
-
 T = TypeVar("T")
 
 DEADLINE_S = 10.0
@@ -42,16 +40,14 @@ def busy_for(seconds: float) -> None:
 
 
 class Recorder(pykka.ThreadingActor):
-    """Stands in for an actor: every message it receives goes to ``inbox`` for the test to read, but
-    workers' start-up announcements (:class:`WorkerStarted`), which few tests look at."""
+    """Stands in for an actor: every message it receives goes to ``inbox`` for the test to read."""
 
     def __init__(self, inbox: queue.Queue[Any]) -> None:
         super().__init__()
         self._inbox = inbox
 
     def on_receive(self, message: Any) -> None:
-        if not isinstance(message, WorkerStarted):
-            self._inbox.put(message)
+        self._inbox.put(message)
 
 
 def start_recorder() -> tuple[pykka.ActorRef[Any], queue.Queue[Any]]:

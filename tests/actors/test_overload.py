@@ -35,7 +35,7 @@ def submit(queue: pykka.ActorRef[Any], n: int) -> None:
 def test_submits_beyond_the_backlog_bound_are_refused_until_tasks_finish(store):
     inbox: stdlib_queue.Queue[Any] = stdlib_queue.Queue()
     settings = dataclasses.replace(DEFAULTS.queue, max_backlog=3)
-    queue = QueueActor.start(store, lambda sup: Recorder.start(inbox), settings, DEFAULTS.workers)
+    queue = QueueActor.start(store, lambda sup, interrupts: Recorder.start(inbox), settings, DEFAULTS.workers)
     for n in range(3):
         submit(queue, n)
 
@@ -55,7 +55,7 @@ def test_the_backlog_bound_counts_tasks_left_by_a_previous_run(store):
         committed.get(timeout=10)
     settings = dataclasses.replace(DEFAULTS.queue, max_backlog=3)
     inbox: stdlib_queue.Queue[Any] = stdlib_queue.Queue()
-    queue = QueueActor.start(store, lambda sup: Recorder.start(inbox), settings, DEFAULTS.workers)
+    queue = QueueActor.start(store, lambda sup, interrupts: Recorder.start(inbox), settings, DEFAULTS.workers)
     wait_until(lambda: queue.ask(Inspect(), timeout=10).unfinished == 2, what="the recovered backlog")
 
     submit(queue, 2)

@@ -33,14 +33,14 @@ from tests.helpers import Recorder, receive, row, start_recorder, wait_until
 def fake_workers() -> tuple[StartWorker, stdlib_queue.Queue[Any]]:
     """Workers played by the test: every Execute sent to any of them lands in one inbox."""
     inbox: stdlib_queue.Queue[Any] = stdlib_queue.Queue()
-    return (lambda supervisor: Recorder.start(inbox)), inbox
+    return (lambda supervisor, interrupts: Recorder.start(inbox)), inbox
 
 
 DEFAULTS = load_config(env={})
 
 
-def real_workers(supervisor: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
-    return WorkerActor.start(registry, supervisor=supervisor)
+def real_workers(supervisor: pykka.ActorRef[Any], interrupts: stdlib_queue.SimpleQueue[int]) -> pykka.ActorRef[Any]:
+    return WorkerActor.start(registry, supervisor=supervisor, interrupts=interrupts)
 
 
 def settings(**changes: int) -> QueueConfig:
@@ -107,7 +107,7 @@ def test_at_most_prefetch_tasks_are_in_flight_across_the_workers(store, fake_wor
 def test_tasks_are_spread_over_the_workers(store):
     inboxes: list[stdlib_queue.Queue[Any]] = []
 
-    def start_worker(supervisor):
+    def start_worker(supervisor, interrupts):
         inboxes.append(stdlib_queue.Queue())
         return Recorder.start(inboxes[-1])
 

@@ -25,7 +25,7 @@ class FakePool:
         self.inbox: stdlib_queue.Queue[Any] = stdlib_queue.Queue()
         self.started: list[pykka.ActorRef[Any]] = []
 
-    def start_worker(self, supervisor: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+    def start_worker(self, supervisor: pykka.ActorRef[Any], interrupts: Any) -> pykka.ActorRef[Any]:
         self.started.append(Recorder.start(self.inbox))
         return self.started[-1]
 

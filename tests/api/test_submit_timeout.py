@@ -67,8 +67,8 @@ def stalling_system(config: Config) -> Iterator[tuple[TaskSystem, threading.Even
     go_on = threading.Event()
     store = StallingStore.start(db_path, go_on)
 
-    def start_worker(supervisor: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
-        return WorkerActor.start(registry, 0.0, 60, supervisor)
+    def start_worker(supervisor: pykka.ActorRef[Any], interrupts: Any) -> pykka.ActorRef[Any]:
+        return WorkerActor.start(registry, 0.0, 60, supervisor, interrupts=interrupts)
 
     queue = QueueActor.start(store, start_worker, config.queue, config.workers)
     system = TaskSystem(config, 1, store, queue, TaskReader(db_path), lock)
