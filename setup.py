@@ -6,7 +6,7 @@ setup(
     description="A durable task queue service: a REST API in front of pykka actors, results in SQLite.",
     python_requires=">=3.11",
     packages=find_packages(include=["actors", "actors.*", "api", "api.*", "conf", "conf.*"]),
-    package_data={"conf": ["*.toml"]},
+    package_data={"conf": ["*.toml"], "api": ["static/*"]},
     py_modules=["run"],
     install_requires=[
         "pykka>=4.1,<5",

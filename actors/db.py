@@ -3,7 +3,7 @@
 One writer connection belongs to the StoreActor (and, before it, to the MigrationActor);
 readers open their own read-only connections. Times are stored as ISO 8601 UTC text with
 microseconds (``2026-11-23T06:19:00.123456Z``), which sorts in time order; the internal
-``available_at`` column holds epoch seconds.
+``available_at`` column holds epoch seconds: when a queued task is due to run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,17 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["FINISHED", "MIGRATIONS", "STATUSES", "connect_reader", "connect_writer", "is_damage", "utc_now"]
+__all__ = [
+    "FINISHED",
+    "MIGRATIONS",
+    "STATUSES",
+    "connect_reader",
+    "connect_writer",
+    "epoch_now",
+    "is_damage",
+    "utc_from_epoch",
+    "utc_now",
+]
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
@@ -100,6 +110,44 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             """,
         ),
     ),
+    (
+        3,
+        (
+            # Higher priority runs first among ready tasks; equal priorities keep their order.
+            "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX tasks_by_priority ON tasks (priority DESC, available_at, seq) WHERE status = 'queued'",
+            # Tasks per action and status, kept by triggers in the same transactions as the tasks,
+            # so /stats and /metrics never count the table.
+            """
+            CREATE TABLE task_counts (
+                action TEXT    NOT NULL,
+                status TEXT    NOT NULL,
+                n      INTEGER NOT NULL,
+                PRIMARY KEY (action, status)
+            ) WITHOUT ROWID
+            """,
+            "INSERT INTO task_counts (action, status, n) SELECT action, status, COUNT(*) FROM tasks GROUP BY 1, 2",
+            """
+            CREATE TRIGGER tasks_counted_on_insert AFTER INSERT ON tasks BEGIN
+                INSERT INTO task_counts (action, status, n) VALUES (NEW.action, NEW.status, 1)
+                ON CONFLICT (action, status) DO UPDATE SET n = n + 1;
+            END
+            """,
+            """
+            CREATE TRIGGER tasks_counted_on_update AFTER UPDATE OF status ON tasks
+            WHEN OLD.status IS NOT NEW.status BEGIN
+                UPDATE task_counts SET n = n - 1 WHERE action = OLD.action AND status = OLD.status;
+                INSERT INTO task_counts (action, status, n) VALUES (NEW.action, NEW.status, 1)
+                ON CONFLICT (action, status) DO UPDATE SET n = n + 1;
+            END
+            """,
+            """
+            CREATE TRIGGER tasks_counted_on_delete AFTER DELETE ON tasks BEGIN
+                UPDATE task_counts SET n = n - 1 WHERE action = OLD.action AND status = OLD.status;
+            END
+            """,
+        ),
+    ),
 )
 
 
@@ -124,6 +172,12 @@ def utc_now() -> str:
 
 def epoch_now() -> float:
     return time.time()
+
+
+def utc_from_epoch(seconds: float) -> str:
+    """Epoch seconds in the form times are stored in."""
+    second = int(seconds)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{int((seconds - second) * 1_000_000):06d}Z"
 
 
 def is_damage(error: sqlite3.Error) -> bool:

@@ -66,6 +66,8 @@ class NewTask:
     created_at: str  #: ISO 8601 UTC time the request arrived
     idempotency_key: str | None = None  #: the client's key: the same key and request give the same task
     request_hash: str | None = None  #: a digest of the request, to tell the same request from another
+    priority: int = 0  #: higher runs first among ready tasks
+    run_at: float | None = None  #: epoch seconds before which it does not run; None: now
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,8 @@ class QueuedTask:
     action: str
     payload: str
     attempts: int  #: attempts made so far (0 for a new task)
+    priority: int = 0
+    available_at: float = 0.0  #: epoch seconds when it is due (0 or past: ready; later: it waits in the store)
 
 
 # --- control of one task, from an edge ------------------------------------------------

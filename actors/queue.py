@@ -80,6 +80,7 @@ from actors.messages import (
     WorkerFailed,
 )
 from actors.timers import tell_later
+from actors.window import ReadyWindow
 from conf import QueueConfig, WorkersConfig
 
 __all__ = ["QueueActor", "QueueFull", "ShuttingDown", "StartWorker", "WorkerPoolFailed"]
@@ -121,7 +122,7 @@ class QueueActor(Actor):
         self._workers: list[pykka.ActorRef[Any]] = []
         self._restarts: deque[float] = deque()  # monotonic times of recent restarts
         self._restart_count = 0
-        self._ready: deque[QueuedTask] = deque()
+        self._ready = ReadyWindow(settings.window)
         self._backlog = True  # the store may hold ready tasks that are not in _ready
         self._fetching = False
         self._in_flight: dict[str, tuple[int, int, int]] = {}  # task id -> (worker index, attempt, dispatch)
@@ -164,8 +165,7 @@ class QueueActor(Actor):
             case Nack(task_id, attempt, error, retryable):
                 self._nack(task_id, attempt, error, retryable)
             case Wake():
-                self._wake_timer = self._wake_at = None
-                self._backlog = True
+                self._wake()
             case WorkerFailed(worker, error):
                 self._replace_worker(worker, error)
             case CancelTask() | TaskCancelled() | SetPaused():
@@ -210,7 +210,7 @@ class QueueActor(Actor):
                     del self._cancels_asked[task_id]
                 if cancelled:
                     self._unfinished -= 1
-                    self._ready = deque(task for task in self._ready if task.id != task_id)
+                    self._ready.remove(task_id)
                 else:
                     self._backlog = True  # not cancelled after all: if it waits, it is in the store
             case SetPaused(paused):
@@ -221,7 +221,7 @@ class QueueActor(Actor):
         """A task in flight is interrupted on its worker; any other is cancelled in the store if it is queued."""
         slot = self._in_flight.get(task_id)
         if slot is None:
-            self._ready = deque(task for task in self._ready if task.id != task_id)
+            self._ready.remove(task_id)
             self._cancels_asked[task_id] += 1
             self._store.tell(CancelQueued(task_id, answer, self.actor_ref))
             return
@@ -229,17 +229,30 @@ class QueueActor(Actor):
         self._interrupts[slot[0]].put(slot[2])  # read by the worker's stopwatch
         logger.info("task %s: cancelling it on worker %d", task_id, slot[0])
 
+    def _wake(self) -> None:
+        """The timer of the next due task: fetch again, since what is due now may outrank the window."""
+        self._wake_timer = self._wake_at = None
+        self._backlog = True
+        if not self._fetching:
+            self._ready.clear()
+
     def _take_stored(self, tasks: tuple[QueuedTask, ...]) -> None:
-        if self._backlog:
-            return  # older tasks wait in the store; these will be fetched after them
-        room = self._settings.window - len(self._ready)
-        self._ready.extend(tasks[:room])
-        if len(tasks) > room:
-            self._backlog = True
+        """New tasks join the window, unless tasks that run before them wait in the store: then they
+        wait there too and are fetched in their turn. A task that outranks the window's last joins it
+        all the same (the window always holds the first tasks to run), and the last waits instead."""
+        now = epoch_now()
+        for task in tasks:
+            if task.available_at > now:  # delayed: it waits in the store until it is due
+                self._schedule_wake(task.available_at)
+                continue
+            joins = not self._backlog or (not self._fetching and self._ready.outranks_lowest(task))
+            if joins and self._ready.add(task) is not None:
+                self._backlog = True
 
     def _take_ready(self, tasks: tuple[QueuedTask, ...], next_due_at: float | None) -> None:
         self._fetching = False
-        self._ready.extend(tasks)
+        for task in tasks:
+            self._ready.add(task)
         self._backlog = len(tasks) == self._settings.window
         if next_due_at is not None:
             self._schedule_wake(next_due_at)
@@ -318,7 +331,7 @@ class QueueActor(Actor):
         if self._draining or self._paused:
             return
         while self._ready and len(self._in_flight) < self._settings.prefetch:
-            task = self._ready.popleft()
+            task = self._ready.pop()
             if task.id in self._cancels_asked:
                 continue
             worker = self._load.index(min(self._load))

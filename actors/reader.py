@@ -17,12 +17,13 @@ from typing import Any
 
 import orjson
 
-from actors.db import connect_reader, is_damage
+from actors.db import connect_reader, is_damage, utc_from_epoch
 
 __all__ = ["Cursor", "TaskFilter", "TaskReader", "Unreadable"]
 
 SELECT_TASKS = (
-    "SELECT id, action, payload, status, result, error, attempts, created_at, started_at, processed_at, seq FROM tasks"
+    "SELECT id, action, payload, status, result, error, attempts, priority, available_at, created_at, started_at,"
+    " processed_at, seq FROM tasks"
 )
 
 #: Where a page of the list ends: the (created_at, seq) of its last task.
@@ -163,6 +164,8 @@ def _as_task(row: sqlite3.Row) -> tuple[dict[str, Any], Cursor]:
         "result": None if row["result"] is None else _stored_json(row["result"], "result", unreadable),
         "error": text("error"),
         "attempts": row["attempts"] if isinstance(row["attempts"], int) else 0,
+        "priority": row["priority"] if isinstance(row["priority"], int) else 0,
+        "run_at": _run_at(row["available_at"]),
         "created_at": created_at,
         "started_at": text("started_at"),
         "processed_at": text("processed_at"),
@@ -170,6 +173,14 @@ def _as_task(row: sqlite3.Row) -> tuple[dict[str, Any], Cursor]:
     if unreadable:
         task["unreadable"] = "; ".join(unreadable)
     return task, (created_at, row["seq"])
+
+
+def _run_at(available_at: Any) -> str | None:
+    """When the task is (or was last) due to run."""
+    try:
+        return utc_from_epoch(available_at)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def _stored_json(text: Any, name: str, unreadable: list[str]) -> orjson.Fragment | None:

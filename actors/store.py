@@ -65,6 +65,7 @@ from actors.messages import (
     InsertTask,
     Inspect,
     MarkRunning,
+    NewTask,
     QueuedTask,
     ReadyTasks,
     Recovered,
@@ -224,9 +225,9 @@ class StoreActor(Actor):
             return
         try:
             self.conn.execute(
-                "INSERT INTO tasks (id, action, payload, status, attempts, created_at, available_at)"
-                " VALUES (?, ?, ?, 'queued', 0, ?, ?)",
-                (task.id, task.action, task.payload, task.created_at, epoch_now()),
+                "INSERT INTO tasks (id, action, payload, status, attempts, created_at, available_at, priority)"
+                " VALUES (?, ?, ?, 'queued', 0, ?, ?, ?)",
+                (task.id, task.action, task.payload, task.created_at, _due_at(task), task.priority),
             )
         except sqlite3.IntegrityError as e:  # only this statement failed; the transaction goes on
             logger.error("task %s not stored: %s", task.id, e)
@@ -300,10 +301,10 @@ class StoreActor(Actor):
         )
         then = None
         if queued:
-            action, payload = self.conn.execute(
-                "SELECT action, payload FROM tasks WHERE id = ?", (message.task_id,)
+            row = self.conn.execute(
+                "SELECT action, payload, attempts, priority, available_at FROM tasks WHERE id = ?", (message.task_id,)
             ).fetchone()
-            then = (message.reply_to, TasksStored((QueuedTask(message.task_id, action, payload, attempts=0),)))
+            then = (message.reply_to, TasksStored((QueuedTask(message.task_id, *row),)))
         self._answer(message.task_id, message.answer, "queued" if queued else None, then)
 
     def _delete(self, message: DeleteTask) -> None:
@@ -401,7 +402,8 @@ class StoreActor(Actor):
         stored_by_queue: defaultdict[pykka.ActorRef[Any], list[QueuedTask]] = defaultdict(list)
         for message in inserted:
             task = message.task
-            stored_by_queue[message.reply_to].append(QueuedTask(task.id, task.action, task.payload, attempts=0))
+            stored = QueuedTask(task.id, task.action, task.payload, 0, task.priority, task.run_at or 0.0)
+            stored_by_queue[message.reply_to].append(stored)
         for queue, tasks in stored_by_queue.items():
             _reply(queue, TasksStored(tuple(tasks)))
         for message in inserted:
@@ -526,8 +528,8 @@ class StoreActor(Actor):
     def _fetch_ready(self, limit: int) -> ReadyTasks:
         now = epoch_now()
         rows = self.conn.execute(
-            "SELECT id, action, payload, attempts FROM tasks"
-            " WHERE status = 'queued' AND available_at <= ? ORDER BY available_at, seq LIMIT ?",
+            "SELECT id, action, payload, attempts, priority, available_at FROM tasks INDEXED BY tasks_by_priority"
+            " WHERE status = 'queued' AND available_at <= ? ORDER BY priority DESC, available_at, seq LIMIT ?",
             (now, limit),
         ).fetchall()
         next_due_at = None
@@ -555,6 +557,13 @@ def _status_update(message: MarkRunning | CompleteTask | RetryTask | FailTask) -
         case FailTask(task_id, attempt, error, processed_at):
             sql = "UPDATE tasks SET status = 'failed', error = ?, processed_at = ? WHERE id = ?"
             return [(sql, (error, processed_at, task_id)), (RECORD_ERROR, (task_id, attempt, error, processed_at))]
+
+
+def _due_at(task: NewTask) -> float:
+    """When a new task is due: its ``run_at``, but never before the moment it is stored (so tasks of
+    one priority keep the order they were stored in)."""
+    now = epoch_now()
+    return now if task.run_at is None else max(task.run_at, now)
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

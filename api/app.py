@@ -12,6 +12,7 @@ import orjson
 from actors import TaskSystem
 from api.auth import BearerAuth
 from api.control import QueuePause, cancel_and_retry
+from api.dashboard import DashboardFile, DashboardPage
 from api.errors import install_error_handling
 from api.health import Health
 from api.openapi import OpenApi
@@ -37,4 +38,6 @@ def create_app(system: TaskSystem) -> falcon.App:
     app.add_route("/queue/resume", QueuePause(system, paused=False))
     app.add_route("/health", Health(system))
     app.add_route("/openapi.json", OpenApi(auth=bool(token)))
+    app.add_route("/", DashboardPage())
+    app.add_route("/dashboard/{name}", DashboardFile())
     return app

@@ -1,4 +1,5 @@
-"""Optional bearer-token authentication: when a token is configured, every route but /health needs it."""
+"""Optional bearer-token authentication: when a token is configured, every route but /health and the
+dashboard's files (which hold no data, and ask for the token) needs it."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import hmac
 
 import falcon
 
+from api.dashboard import DASHBOARD_PATHS
+
 __all__ = ["BearerAuth"]
 
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", *DASHBOARD_PATHS})
 
 
 class BearerAuth:

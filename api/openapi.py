@@ -13,7 +13,7 @@ import falcon
 
 from actors.db import STATUSES
 from actors.jsonvalues import MAX_DEPTH
-from api.tasks import DEFAULT_LIMIT, MAX_ACTION_LENGTH, MAX_KEY_LENGTH, MAX_LIMIT
+from api.tasks import DEFAULT_LIMIT, DELAY_MS_RANGE, MAX_ACTION_LENGTH, MAX_KEY_LENGTH, MAX_LIMIT, PRIORITY_RANGE
 
 __all__ = ["OpenApi", "openapi_document"]
 
@@ -69,6 +69,28 @@ SCHEMAS: dict[str, Any] = {
                 "description": f"the action's input (default {{}}); integers within the signed 64-bit range,"
                 f" nested at most {MAX_DEPTH} levels",
             },
+            "priority": {
+                "type": "integer",
+                "minimum": PRIORITY_RANGE.start,
+                "maximum": PRIORITY_RANGE.stop - 1,
+                "default": 0,
+                "nullable": True,
+                "description": "higher runs first among ready tasks; equal priorities run in the order submitted",
+            },
+            "delay_ms": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": DELAY_MS_RANGE.stop - 1,
+                "nullable": True,
+                "description": "do not run it before this many milliseconds from now (not with run_at)",
+            },
+            "run_at": {
+                "type": "string",
+                "format": "date-time",
+                "nullable": True,
+                "description": "do not run it before this time, within a year (ISO 8601; no offset means UTC;"
+                " not with delay_ms)",
+            },
         },
     },
     "Accepted": {
@@ -88,6 +110,8 @@ SCHEMAS: dict[str, Any] = {
             "error",
             "errors",
             "attempts",
+            "priority",
+            "run_at",
             "created_at",
             "started_at",
             "processed_at",
@@ -114,6 +138,13 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
             "attempts": {"type": "integer", "minimum": 0},
+            "priority": {"type": "integer"},
+            "run_at": {
+                "type": "string",
+                "format": "date-time",
+                "nullable": True,
+                "description": "when it is due to run (queued), or was last due",
+            },
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": NULLABLE_TIME,
             "processed_at": NULLABLE_TIME,

@@ -7,6 +7,7 @@ import binascii
 import contextlib
 import datetime
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +30,9 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_CURSOR_LENGTH = 200
 MAX_KEY_LENGTH = 255
+PRIORITY_RANGE = range(-(2**31), 2**31)  # a 32-bit integer, as PostgreSQL's integer
+DELAY_MS_RANGE = range(0, 366 * 24 * 3600 * 1000 + 1)  # up to a year
+TIME_FORMAT = "{name} must be an ISO 8601 time, such as 2026-12-01T15:00:00Z"
 
 
 class TaskCollection:
@@ -153,12 +157,43 @@ def parse_submission(document: Any, idempotency_key: str | None = None) -> NewTa
         check_storable(data, "data")
     except NotStorable as e:
         raise falcon.HTTPBadRequest(description=str(e)) from None
+    priority = _whole_number(document, "priority", PRIORITY_RANGE) or 0
+    run_at = _run_at(document)
     payload = orjson.dumps(data).decode()
-    if idempotency_key is None:
-        return NewTask(str(uuid.uuid4()), action, payload, utc_now())
-    request = orjson.dumps({"action": action, "data": data}, option=orjson.OPT_SORT_KEYS)
-    digest = hashlib.sha256(request).hexdigest()
-    return NewTask(str(uuid.uuid4()), action, payload, utc_now(), idempotency_key, digest)
+    digest = None
+    if idempotency_key is not None:  # the request as sent: a delay_ms sent again is the same request
+        request = {key: document.get(key) for key in ("action", "priority", "delay_ms", "run_at")}
+        request["data"] = data
+        digest = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return NewTask(str(uuid.uuid4()), action, payload, utc_now(), idempotency_key, digest, priority, run_at)
+
+
+def _whole_number(document: dict[str, Any], name: str, allowed: range) -> int | None:
+    value = document.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
+        raise falcon.HTTPBadRequest(
+            description=f"{name} must be a whole number from {allowed.start} to {allowed.stop - 1}"
+        )
+    return value
+
+
+def _run_at(document: dict[str, Any]) -> float | None:
+    """When the task may run, from ``delay_ms`` (from now) or ``run_at`` (a time), as epoch seconds."""
+    delay_ms = _whole_number(document, "delay_ms", DELAY_MS_RANGE)
+    raw = document.get("run_at")
+    if raw is None:
+        return None if delay_ms is None else time.time() + delay_ms / 1000
+    if delay_ms is not None:
+        raise falcon.HTTPBadRequest(description="give delay_ms or run_at, not both")
+    moment = _parse_moment(raw) if isinstance(raw, str) else None
+    if moment is None:
+        raise falcon.HTTPBadRequest(description=TIME_FORMAT.format(name="run_at"))
+    run_at = moment.timestamp()
+    if run_at > time.time() + DELAY_MS_RANGE.stop / 1000:
+        raise falcon.HTTPBadRequest(description="run_at must be within a year from now")
+    return run_at
 
 
 def parse_filter(req: falcon.Request) -> TaskFilter:
@@ -173,20 +208,26 @@ def parse_filter(req: falcon.Request) -> TaskFilter:
 
 
 def _parse_time(req: falcon.Request, name: str) -> str | None:
-    """An ISO 8601 time (``2026-12-01T15:00:00Z``, or with an offset; a date alone is midnight UTC),
-    in the form times are stored in."""
+    """A time parameter, in the form times are stored in."""
     raw = req.get_param(name)
     if raw is None:
         return None
+    moment = _parse_moment(raw)
+    if moment is None:
+        raise falcon.HTTPBadRequest(description=TIME_FORMAT.format(name=name))
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse_moment(raw: str) -> datetime.datetime | None:
+    """An ISO 8601 time (``2026-12-01T15:00:00Z``, or with an offset; without one, or a date alone, UTC),
+    in UTC; None if it is not one."""
     try:
         moment = datetime.datetime.fromisoformat(raw)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.UTC)
-        return moment.astimezone(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return moment.astimezone(datetime.UTC)
     except (ValueError, OverflowError):
-        raise falcon.HTTPBadRequest(
-            description=f"{name} must be an ISO 8601 time, such as 2026-12-01T15:00:00Z"
-        ) from None
+        return None
 
 
 @contextlib.contextmanager

@@ -87,7 +87,7 @@ def test_version_2_keeps_the_tasks_of_version_1_allows_cancelled_and_keeps_their
         conn.execute("UPDATE tasks SET status = 'cancelled' WHERE id = 'done'")
     conn.close()
 
-    assert migrate(db_path) == 2
+    assert migrate(db_path, MIGRATIONS[:2]) == 2
 
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT id, status FROM tasks ORDER BY seq").fetchall() == [
@@ -96,4 +96,31 @@ def test_version_2_keeps_the_tasks_of_version_1_allows_cancelled_and_keeps_their
     ]
     assert conn.execute("SELECT * FROM task_errors").fetchall() == [("dead", 3, "boom", "t3")]
     conn.execute("UPDATE tasks SET status = 'cancelled' WHERE id = 'done'")
+    conn.close()
+
+
+def test_version_3_counts_the_tasks_it_finds_and_its_triggers_keep_the_counts(db_path):
+    migrate(db_path, MIGRATIONS[:2])
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute(
+        "INSERT INTO tasks (id, action, payload, status, attempts, created_at, available_at)"
+        " VALUES ('a', 'x', '{}', 'completed', 1, 't1', 0), ('b', 'x', '{}', 'queued', 0, 't1', 0),"
+        " ('c', 'y', '{}', 'queued', 0, 't1', 0)"
+    )
+
+    assert migrate(db_path) == 3
+
+    def counts() -> list[tuple[str, str, int]]:
+        return conn.execute("SELECT action, status, n FROM task_counts WHERE n > 0 ORDER BY 1, 2").fetchall()
+
+    assert counts() == [("x", "completed", 1), ("x", "queued", 1), ("y", "queued", 1)]
+    assert conn.execute("SELECT priority FROM tasks WHERE id = 'a'").fetchone() == (0,)
+    conn.execute("UPDATE tasks SET status = 'running' WHERE id = 'b'")
+    conn.execute("UPDATE tasks SET attempts = 2 WHERE id = 'b'")  # not a change of status
+    conn.execute("DELETE FROM tasks WHERE id = 'a'")
+    conn.execute(
+        "INSERT INTO tasks (id, action, payload, status, attempts, created_at, available_at)"
+        " VALUES ('d', 'y', '{}', 'queued', 0, 't2', 0)"
+    )
+    assert counts() == [("x", "running", 1), ("y", "queued", 2)]
     conn.close()

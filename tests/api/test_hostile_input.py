@@ -134,7 +134,10 @@ def test_unsupported_methods_are_a_json_405(client, method, path):
     assert_json_error(client.simulate_request(method, path), 405)
 
 
-@pytest.mark.parametrize("path", ["/", "/task", "/tasks/a/b", "/../etc/passwd", "/tasks%00"])
+@pytest.mark.parametrize(
+    "path",
+    ["/index.html", "/task", "/tasks/a/b", "/../etc/passwd", "/tasks%00", "/dashboard/../run.py", "/dashboard/x.js"],
+)
 def test_unknown_paths_are_a_json_404(client, path):
     assert_json_error(client.simulate_get(path), 404)
 
