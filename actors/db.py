@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 __all__ = [
     "FINISHED",
     "MIGRATIONS",
     "STATUSES",
+    "TaskFilter",
     "connect_reader",
     "connect_writer",
     "epoch_now",
@@ -211,3 +216,40 @@ def connect_reader(path: str) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.row_factory = sqlite3.Row
     return conn
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Which tasks a list shows: every condition given must hold."""
+
+    statuses: tuple[str, ...] = ()  #: any of these (none: any status)
+    action: str | None = None
+    created_after: str | None = None  #: created at or after this time (stored form, UTC)
+    created_before: str | None = None  #: created before this time
+
+    def applied_to(self, statement: str, *params: Any) -> tuple[str, list[Any]]:
+        """``statement`` (with its ``params``) limited to the tasks this filter matches."""
+        where, filter_params = self.where()
+        if where:
+            statement += " WHERE " + " AND ".join(where)
+        return statement, [*params, *filter_params]
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        """The conditions as SQL, with their parameters (the statuses as one JSON array)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if len(self.statuses) == 1:
+            where.append("status = ?")  # uses the (status, created_at) index
+            params.append(self.statuses[0])
+        elif self.statuses:
+            where.append("status IN (SELECT value FROM json_each(?))")
+            params.append(orjson.dumps(self.statuses).decode())
+        for condition, value in (
+            ("action = ?", self.action),
+            ("created_at >= ?", self.created_after),
+            ("created_at < ?", self.created_before),
+        ):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        return where, params

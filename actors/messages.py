@@ -14,10 +14,13 @@ from typing import Any
 from pykka import ActorRef, Future
 
 from actors.commit_signal import CommitSignal
+from actors.db import TaskFilter
 
 __all__ = [
     "Ack",
+    "CancelMatching",
     "CancelQueued",
+    "CancelQueuedMatching",
     "CancelRunning",
     "CancelTask",
     "CompleteTask",
@@ -32,6 +35,7 @@ __all__ = [
     "InsertTask",
     "Inspect",
     "MarkRunning",
+    "MatchingCancelled",
     "Migrate",
     "Nack",
     "NewTask",
@@ -40,7 +44,9 @@ __all__ = [
     "ReadyTasks",
     "Recovered",
     "RequeueUnfinished",
+    "Requeued",
     "RetryFinished",
+    "RetryMatching",
     "RetryTask",
     "RetryWrites",
     "SetPaused",
@@ -120,6 +126,25 @@ class DeleteTask:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryMatching:
+    """To the store: queue again every failed or cancelled task the filter matches (its statuses are
+    some of those two); answer how many, and tell ``reply_to`` (the queue) :class:`Requeued`."""
+
+    filters: TaskFilter
+    answer: Future[int]
+    reply_to: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelMatching:
+    """To the queue: cancel every queued or running task the filter matches (its statuses are some of
+    those two); answer how many."""
+
+    filters: TaskFilter
+    answer: Future[int]
+
+
+@dataclass(frozen=True, slots=True)
 class SetPaused:
     """To the queue, by ask: start nothing new while ``paused`` (submits are still committed)."""
 
@@ -179,6 +204,23 @@ class Nack:
 
 
 @dataclass(frozen=True, slots=True)
+class Requeued:
+    """From the store, after :class:`RetryMatching`: this many tasks are queued again."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MatchingCancelled:
+    """From the store, answering :class:`CancelQueuedMatching`."""
+
+    cancelled: int  #: queued tasks now cancelled
+    running: tuple[str, ...]  #: the ids of the running tasks the filter matches, for the queue to interrupt
+    answer: Future[int]  #: the asker's, for the queue to answer (the store has, if it could not write)
+    written: bool  #: False: the store could not write; nothing was cancelled
+
+
+@dataclass(frozen=True, slots=True)
 class TaskCancelled:
     """From the store, answering :class:`CancelQueued`: whether the task is now cancelled."""
 
@@ -223,6 +265,7 @@ class QueueState:
     workers: int  #: workers alive in the pool
     worker_restarts: int  #: workers replaced since start
     unfinished: int  #: committed tasks not yet completed or failed (the backlog)
+    finished_per_minute: tuple[int, ...] = ()  #: tasks finished in each of the last 60 minutes, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +350,16 @@ class CancelQueued:
 
     task_id: str
     answer: Future[ControlResult]
+    reply_to: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelQueuedMatching:
+    """From the queue, which dispatches nothing until the answer: cancel the queued tasks the filter
+    matches and, after the commit, tell ``reply_to`` :class:`MatchingCancelled`."""
+
+    filters: TaskFilter
+    answer: Future[int]
     reply_to: ActorRef[Any]
 
 

@@ -15,6 +15,11 @@ Protocol
                                                        CancelQueued, or interrupts its worker and,
                                                        once nacked, tells the store CancelRunning
               :class:`~actors.messages.TaskCancelled` (store) -> forgets the cancel under way
+              :class:`~actors.messages.CancelMatching` (edge) -> holds dispatching and tells the store
+                                                       CancelQueuedMatching
+              :class:`~actors.messages.MatchingCancelled` (store) -> interrupts the running ones the
+                                                       filter matched, answers, dispatches again
+              :class:`~actors.messages.Requeued` (store) -> fetches the window again
               :class:`~actors.messages.SetPaused` (edge, by ask) -> dispatches nothing new, or again
               :class:`~actors.messages.Drain` (shutdown, by ask) -> dispatches nothing more
               :class:`~actors.messages.Inspect` (edges, by ask)
@@ -52,7 +57,9 @@ from actors.commit_signal import CommitSignal
 from actors.db import epoch_now, utc_now
 from actors.messages import (
     Ack,
+    CancelMatching,
     CancelQueued,
+    CancelQueuedMatching,
     CancelRunning,
     CancelTask,
     CompleteTask,
@@ -64,12 +71,14 @@ from actors.messages import (
     InsertTask,
     Inspect,
     MarkRunning,
+    MatchingCancelled,
     Nack,
     NewTask,
     QueuedTask,
     QueueState,
     ReadyTasks,
     Recovered,
+    Requeued,
     RequeueUnfinished,
     RetryTask,
     SetPaused,
@@ -79,6 +88,7 @@ from actors.messages import (
     Wake,
     WorkerFailed,
 )
+from actors.throughput import Throughput
 from actors.timers import tell_later
 from actors.window import ReadyWindow
 from conf import QueueConfig, WorkersConfig
@@ -130,10 +140,12 @@ class QueueActor(Actor):
         self._load = [0] * pool.count  # tasks in flight per worker
         self._draining = False
         self._paused = False
+        self._holding = 0  # bulk cancels waiting for the store: nothing is dispatched meanwhile
         self._unfinished = 0  # committed tasks not yet completed or failed
         self._cancels_asked: Counter[str] = Counter()  # ids the store is cancelling (how many times): not dispatched
         self._cancelling: dict[str, list[pykka.Future[ControlResult]]] = {}  # in flight, interrupt sent: askers
         self._interrupts: list[SimpleQueue[int]] = []  # each worker's cancel mailbox, by slot
+        self._throughput = Throughput()
         self._wake_timer: threading.Timer | None = None
         self._wake_at: float | None = None
 
@@ -168,7 +180,7 @@ class QueueActor(Actor):
                 self._wake()
             case WorkerFailed(worker, error):
                 self._replace_worker(worker, error)
-            case CancelTask() | TaskCancelled() | SetPaused():
+            case CancelTask() | TaskCancelled() | SetPaused() | CancelMatching() | MatchingCancelled() | Requeued():
                 self._control(message)
             case Drain():
                 self._draining = True
@@ -186,6 +198,7 @@ class QueueActor(Actor):
                     workers=sum(worker.is_alive() for worker in self._workers),
                     worker_restarts=self._restart_count,
                     unfinished=self._unfinished,
+                    finished_per_minute=self._throughput.per_minute(),
                 )
             case _:
                 raise TypeError(f"unexpected message {message!r}")
@@ -200,8 +213,23 @@ class QueueActor(Actor):
         else:
             self._store.tell(InsertTask(task, committed, self.actor_ref))
 
-    def _control(self, message: CancelTask | TaskCancelled | SetPaused) -> None:
+    def _control(
+        self, message: CancelTask | TaskCancelled | SetPaused | CancelMatching | MatchingCancelled | Requeued
+    ) -> None:
         match message:
+            case CancelMatching(filters, answer):
+                # Nothing is dispatched until the store answers, so no task it cancels starts meanwhile.
+                self._holding += 1
+                self._store.tell(CancelQueuedMatching(filters, answer, self.actor_ref))
+            case MatchingCancelled(cancelled, running, answer, written):
+                self._holding -= 1
+                self._refetch()  # the window may hold tasks the store has cancelled
+                if written:
+                    self._unfinished -= cancelled
+                    answer.set(cancelled + sum(self._interrupt(task_id) for task_id in running))
+            case Requeued(count):
+                self._unfinished += count
+                self._refetch()
             case CancelTask(task_id, answer):
                 self._cancel(task_id, answer)
             case TaskCancelled(task_id, cancelled):
@@ -219,19 +247,32 @@ class QueueActor(Actor):
 
     def _cancel(self, task_id: str, answer: pykka.Future[ControlResult]) -> None:
         """A task in flight is interrupted on its worker; any other is cancelled in the store if it is queued."""
+        if task_id in self._in_flight:
+            self._interrupt(task_id, answer)
+            return
+        self._ready.remove(task_id)
+        self._cancels_asked[task_id] += 1
+        self._store.tell(CancelQueued(task_id, answer, self.actor_ref))
+
+    def _interrupt(self, task_id: str, answer: pykka.Future[ControlResult] | None = None) -> bool:
+        """Interrupt a task in flight on its worker; it ends cancelled. False if it is not in flight."""
         slot = self._in_flight.get(task_id)
         if slot is None:
-            self._ready.remove(task_id)
-            self._cancels_asked[task_id] += 1
-            self._store.tell(CancelQueued(task_id, answer, self.actor_ref))
-            return
-        self._cancelling.setdefault(task_id, []).append(answer)
+            return False
+        answers = self._cancelling.setdefault(task_id, [])
+        if answer is not None:
+            answers.append(answer)
         self._interrupts[slot[0]].put(slot[2])  # read by the worker's stopwatch
         logger.info("task %s: cancelling it on worker %d", task_id, slot[0])
+        return True
 
     def _wake(self) -> None:
         """The timer of the next due task: fetch again, since what is due now may outrank the window."""
         self._wake_timer = self._wake_at = None
+        self._refetch()
+
+    def _refetch(self) -> None:
+        """Let go of the window and fetch it again from the store (unless a fetch is under way already)."""
         self._backlog = True
         if not self._fetching:
             self._ready.clear()
@@ -270,6 +311,7 @@ class QueueActor(Actor):
     def _ack(self, task_id: str, attempt: int, result: str) -> None:
         if self._settle(task_id, attempt):
             self._unfinished -= 1
+            self._throughput.record()
             self._store.tell(CompleteTask(task_id, result, utc_now()))
             for answer in self._cancelling.pop(task_id, []):  # it finished before the interrupt reached it
                 answer.set(ControlResult("completed", done=False))
@@ -292,6 +334,7 @@ class QueueActor(Actor):
         else:
             logger.warning("task %s: failed on attempt %d, not retried (its error is kept with it)", task_id, attempt)
             self._unfinished -= 1
+            self._throughput.record()
             self._store.tell(FailTask(task_id, attempt, error, utc_now()))
 
     def _replace_worker(self, worker: pykka.ActorRef[Any], error: str) -> None:
@@ -328,7 +371,7 @@ class QueueActor(Actor):
             self._nack(task_id, attempt, f"the worker running it failed: {error}", retryable=True)
 
     def _dispatch(self) -> None:
-        if self._draining or self._paused:
+        if self._draining or self._paused or self._holding:
             return
         while self._ready and len(self._in_flight) < self._settings.prefetch:
             task = self._ready.pop()

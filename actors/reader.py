@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from actors.db import connect_reader, is_damage, utc_from_epoch
+from actors.db import STATUSES, TaskFilter, connect_reader, is_damage, utc_from_epoch
 
-__all__ = ["Cursor", "TaskFilter", "TaskReader", "Unreadable"]
+__all__ = ["Cursor", "TaskCounts", "TaskFilter", "TaskReader", "Unreadable"]
 
 SELECT_TASKS = (
     "SELECT id, action, payload, status, result, error, attempts, priority, available_at, created_at, started_at,"
     " processed_at, seq FROM tasks"
 )
+
+MAX_ACTIONS = 1000  # the most actions counts() names one by one
 
 #: Where a page of the list ends: the (created_at, seq) of its last task.
 Cursor = tuple[str, int]
@@ -113,35 +116,50 @@ class TaskReader:
         self._add_errors(tasks)
         return tasks, next_cursor
 
+    def count(self, filters: TaskFilter) -> int:
+        """How many tasks ``filters`` matches."""
+        sql, params = filters.applied_to("SELECT COUNT(*) FROM tasks")
+        count: int = self._query(sql, tuple(params))[0][0]
+        return count
+
+    def counts(self) -> TaskCounts:
+        """Tasks per status and per action, and the queued ones that are delayed; none of it counts the
+        table (``task_counts`` is kept by triggers; the delayed are counted on an index of queued tasks)."""
+        by_status = dict.fromkeys(STATUSES, 0)
+        for status, n in self._query("SELECT status, SUM(n) FROM task_counts GROUP BY status", ()):
+            by_status[status] = n
+        by_action: dict[str, dict[str, int]] = {}
+        rows = self._query(
+            "SELECT action, status, n FROM task_counts WHERE action IN"
+            " (SELECT DISTINCT action FROM task_counts WHERE n > 0 ORDER BY action LIMIT ?)",
+            (MAX_ACTIONS,),
+        )
+        for action, status, n in rows:
+            by_action.setdefault(action, dict.fromkeys(STATUSES, 0))[status] = n
+        now = time.time()
+        (delayed,) = self._query(
+            "SELECT COUNT(*) FROM tasks INDEXED BY tasks_ready WHERE status = 'queued' AND available_at > ?", (now,)
+        )[0]
+        (first_due,) = self._query(
+            "SELECT MIN(available_at) FROM tasks INDEXED BY tasks_ready WHERE status = 'queued'", ()
+        )[0]
+        oldest_ready_age_s = None if first_due is None or first_due > now else now - first_due
+        return TaskCounts(by_status, by_action, delayed, oldest_ready_age_s)
+
 
 @dataclass(frozen=True, slots=True)
-class TaskFilter:
-    """Which tasks a list shows: every condition given must hold."""
+class TaskCounts:
+    """What :meth:`TaskReader.counts` finds."""
 
-    statuses: tuple[str, ...] = ()  #: any of these (none: any status)
-    action: str | None = None
-    created_after: str | None = None  #: created at or after this time (stored form, UTC)
-    created_before: str | None = None  #: created before this time
+    by_status: dict[str, int]
+    by_action: dict[str, dict[str, int]]  #: at most MAX_ACTIONS actions, by name
+    delayed: int  #: queued and not due yet
+    oldest_ready_age_s: float | None  #: how long the task due first has been due (None: no task is due)
 
-    def where(self) -> tuple[list[str], list[Any]]:
-        """The conditions as SQL, with their parameters (the statuses as one JSON array)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if len(self.statuses) == 1:
-            where.append("status = ?")  # uses the (status, created_at) index
-            params.append(self.statuses[0])
-        elif self.statuses:
-            where.append("status IN (SELECT value FROM json_each(?))")
-            params.append(orjson.dumps(self.statuses).decode())
-        for condition, value in (
-            ("action = ?", self.action),
-            ("created_at >= ?", self.created_after),
-            ("created_at < ?", self.created_before),
-        ):
-            if value is not None:
-                where.append(condition)
-                params.append(value)
-        return where, params
+    @property
+    def ready(self) -> int:
+        """Queued and due: waiting for a worker."""
+        return self.by_status["queued"] - self.delayed
 
 
 def _as_task(row: sqlite3.Row) -> tuple[dict[str, Any], Cursor]:

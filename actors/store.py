@@ -8,6 +8,8 @@ Protocol
               :class:`~actors.messages.CancelQueued`  -> after commit: answers, tells ``reply_to`` TaskCancelled
               :class:`~actors.messages.CancelRunning`, :class:`~actors.messages.DeleteTask` -> after commit: answers
               :class:`~actors.messages.RetryFinished` -> after commit: answers, tells ``reply_to`` TasksStored
+              :class:`~actors.messages.RetryMatching` -> after commit: answers, tells ``reply_to`` Requeued
+              :class:`~actors.messages.CancelQueuedMatching` -> after commit: tells ``reply_to`` MatchingCancelled
               :class:`~actors.messages.RequeueUnfinished` -> tells ``reply_to`` Recovered
               :class:`~actors.messages.FetchReady`   -> tells ``reply_to`` ReadyTasks
               :class:`~actors.messages.Flush`        (sent to itself) -> commits
@@ -45,7 +47,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pykka
@@ -54,6 +56,7 @@ from actors.base import Actor
 from actors.db import connect_writer, epoch_now, utc_now
 from actors.messages import (
     CancelQueued,
+    CancelQueuedMatching,
     CancelRunning,
     CompleteTask,
     ControlResult,
@@ -65,12 +68,15 @@ from actors.messages import (
     InsertTask,
     Inspect,
     MarkRunning,
+    MatchingCancelled,
     NewTask,
     QueuedTask,
     ReadyTasks,
     Recovered,
+    Requeued,
     RequeueUnfinished,
     RetryFinished,
+    RetryMatching,
     RetryTask,
     RetryWrites,
     StoreState,
@@ -88,7 +94,8 @@ RETRY_MAX_S = 5.0  # the longest wait between tries while a fault lasts
 SUMMARY_S = 5.0  # while a fault lasts, at most one log line this often
 Update = tuple[str, tuple[Any, ...]]  # a status update as SQL and parameters
 # A control request's answer, given once its write is committed, and a message to send then.
-Answer = tuple["pykka.Future[ControlResult]", ControlResult, "tuple[pykka.ActorRef[Any], Any] | None"]
+# (None: the message sent then answers it.)
+Answer = tuple["pykka.Future[Any] | None", Any, "tuple[pykka.ActorRef[Any], Any] | None"]
 # A write that changes nothing but still writes a page, to find out whether a fault has cleared.
 PROBE = (
     "UPDATE schema_migrations SET applied_at = applied_at WHERE version = (SELECT MAX(version) FROM schema_migrations)"
@@ -192,7 +199,14 @@ class StoreActor(Actor):
             case MarkRunning() | CompleteTask() | RetryTask() | FailTask():
                 for sql, params in _status_update(message):
                     self._update(sql, params)
-            case CancelQueued() | CancelRunning() | RetryFinished() | DeleteTask():
+            case (
+                CancelQueued()
+                | CancelRunning()
+                | RetryFinished()
+                | DeleteTask()
+                | RetryMatching()
+                | CancelQueuedMatching()
+            ):
                 self._control(message)
             case RequeueUnfinished(max_attempts, reply_to):
                 self._requeue_unfinished(max_attempts)
@@ -266,8 +280,13 @@ class StoreActor(Actor):
         self._begin()
         return self.conn.execute(sql, params).rowcount
 
-    def _control(self, message: CancelQueued | CancelRunning | RetryFinished | DeleteTask) -> None:
+    def _control(
+        self,
+        message: CancelQueued | CancelRunning | RetryFinished | DeleteTask | RetryMatching | CancelQueuedMatching,
+    ) -> None:
         match message:
+            case RetryMatching() | CancelQueuedMatching():
+                self._control_matching(message)
             case CancelQueued():
                 self._cancel_queued(message)
             case CancelRunning():
@@ -314,6 +333,33 @@ class StoreActor(Actor):
         if deleted:
             self.conn.execute("DELETE FROM task_errors WHERE task_id = ?", (message.task_id,))
         self._answer(message.task_id, message.answer, "deleted" if deleted else None)
+
+    def _control_matching(self, message: RetryMatching | CancelQueuedMatching) -> None:
+        """A control request on every task a filter matches, in one statement; answered after the commit."""
+        self._begin()
+        match message:
+            case RetryMatching(filters, answer, reply_to):
+                retried = self.conn.execute(
+                    *filters.applied_to(
+                        "UPDATE tasks SET status = 'queued', attempts = 0, result = NULL, error = NULL,"
+                        " started_at = NULL, processed_at = NULL, available_at = ?",
+                        epoch_now(),
+                    )
+                ).rowcount
+                self._answers.append((answer, retried, (reply_to, Requeued(retried))))
+            case CancelQueuedMatching(filters, answer, reply_to):
+                cancelled, running = 0, ()
+                if "queued" in filters.statuses:
+                    queued = replace(filters, statuses=("queued",))
+                    sql = "UPDATE tasks SET status = 'cancelled', processed_at = ?"
+                    cancelled = self.conn.execute(*queued.applied_to(sql, utc_now())).rowcount
+                if "running" in filters.statuses:
+                    rows = self.conn.execute(
+                        *replace(filters, statuses=("running",)).applied_to("SELECT id FROM tasks")
+                    )
+                    running = tuple(task_id for (task_id,) in rows)
+                then = (reply_to, MatchingCancelled(cancelled, running, answer, written=True))
+                self._answers.append((None, None, then))
 
     def _control_write(self, sql: str, params: tuple[Any, ...]) -> bool:
         """Write a control request in the open transaction; whether it changed a row.
@@ -415,9 +461,14 @@ class StoreActor(Actor):
                 submit.committed.set_exception((IdempotencyConflict, conflict, None))
             else:
                 submit.committed.set(earlier_id)
+        self._give_answers()
+
+    def _give_answers(self) -> None:
+        """After a commit: answer the control requests it wrote."""
         answers, self._answers = self._answers, []
         for answer, result, then in answers:
-            answer.set(result)
+            if answer is not None:
+                answer.set(result)
             if then is not None:
                 _reply(*then)
 
@@ -434,19 +485,31 @@ class StoreActor(Actor):
         cannot_write = (StoreError, StoreError("the store cannot write now; try again"), None)
         answers, self._answers = self._answers, []
         for answer, _, then in answers:
-            answer.set_exception(cannot_write)
-            if then is not None and isinstance(then[1], TaskCancelled):  # the queue waits to hear how it ended
-                _reply(then[0], TaskCancelled(then[1].task_id, cancelled=False))
-        if isinstance(message, CancelQueued | RetryFinished | DeleteTask):  # it failed before it had an answer
+            if answer is not None:
+                answer.set_exception(cannot_write)
+            if then is not None:
+                self._not_written(*then, cannot_write)
+        if isinstance(message, CancelQueued | RetryFinished | DeleteTask | RetryMatching):  # failed before its answer
             message.answer.set_exception(cannot_write)
         if isinstance(message, CancelQueued):
             _reply(message.reply_to, TaskCancelled(message.task_id, cancelled=False))
+        if isinstance(message, CancelQueuedMatching):
+            self._not_written(message.reply_to, MatchingCancelled(0, (), message.answer, True), cannot_write)
         fault = self._note_fault(str(error), len(inserted))
         if isinstance(message, FetchReady):  # nothing fetched: the queue asks again after the backoff
             _reply(message.reply_to, ReadyTasks((), next_due_at=epoch_now() + fault.retry_s))
         if self._retry_timer is None:
             self._retry_timer = tell_later(self.actor_ref, RetryWrites(), fault.retry_s)
             fault.retry_s = min(RETRY_MAX_S, fault.retry_s * 2)
+
+    @staticmethod
+    def _not_written(to: pykka.ActorRef[Any], news: Any, cannot_write: Any) -> None:
+        """Tell the queue, if it waits to hear how a control request ended, that it was not written."""
+        if isinstance(news, TaskCancelled):
+            _reply(to, TaskCancelled(news.task_id, cancelled=False))
+        elif isinstance(news, MatchingCancelled):
+            news.answer.set_exception(cannot_write)
+            _reply(to, MatchingCancelled(0, (), news.answer, written=False))
 
     def _note_fault(self, error: str, refused: int) -> Fault:
         """Log a fault when it starts, then at most every SUMMARY_S while it lasts."""
@@ -535,7 +598,9 @@ class StoreActor(Actor):
         next_due_at = None
         if len(rows) < limit:
             next_due_at = self.conn.execute(
-                "SELECT MIN(available_at) FROM tasks WHERE status = 'queued' AND available_at > ?", (now,)
+                "SELECT MIN(available_at) FROM tasks INDEXED BY tasks_ready"
+                " WHERE status = 'queued' AND available_at > ?",
+                (now,),
             ).fetchone()[0]
         return ReadyTasks(tuple(QueuedTask(*row) for row in rows), next_due_at)
 

@@ -16,14 +16,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from queue import SimpleQueue
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 
 from actors.actions import ActionRegistry, registry
 from actors.commit_signal import CommitSignal
+from actors.db import TaskFilter
 from actors.dblock import DatabaseLock
 from actors.messages import (
+    CancelMatching,
     CancelTask,
     ControlResult,
     DeleteTask,
@@ -33,6 +35,7 @@ from actors.messages import (
     NewTask,
     QueueState,
     RetryFinished,
+    RetryMatching,
     SetPaused,
     StoreState,
     Submit,
@@ -48,6 +51,7 @@ __all__ = ["NotAccepted", "TaskSystem", "start_system"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MIGRATION_TIMEOUT_S = 60.0
 CONTROL_TIMEOUT_S = 10.0  # how long a control request (cancel, retry, delete) waits for its answer
 
@@ -166,6 +170,20 @@ class TaskSystem:
         self._tell(self.store, DeleteTask(task_id, answer))
         return self._answer(answer)
 
+    def retry_matching(self, filters: TaskFilter) -> int:
+        """Queue again every failed or cancelled task ``filters`` matches (its statuses are some of those two);
+        how many."""
+        answer: pykka.Future[int] = pykka.ThreadingFuture()
+        self._tell(self.store, RetryMatching(filters, answer, self.queue))
+        return self._answer(answer)
+
+    def cancel_matching(self, filters: TaskFilter) -> int:
+        """Cancel every queued or running task ``filters`` matches (its statuses are some of those two);
+        how many."""
+        answer: pykka.Future[int] = pykka.ThreadingFuture()
+        self._tell(self.queue, CancelMatching(filters, answer))
+        return self._answer(answer)
+
     def pause(self, paused: bool) -> None:
         """Start nothing new while ``paused`` (submits are still committed), or start again."""
         try:
@@ -182,7 +200,7 @@ class TaskSystem:
             raise NotAccepted("the service is stopping") from None
 
     @staticmethod
-    def _answer(answer: pykka.Future[ControlResult]) -> ControlResult:
+    def _answer(answer: pykka.Future[T]) -> T:
         try:
             return answer.get(timeout=CONTROL_TIMEOUT_S)
         except pykka.Timeout:

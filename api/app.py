@@ -11,11 +11,13 @@ import orjson
 
 from actors import TaskSystem
 from api.auth import BearerAuth
+from api.bulk import bulk_actions
 from api.control import QueuePause, cancel_and_retry
 from api.dashboard import DashboardFile, DashboardPage
 from api.errors import install_error_handling
 from api.health import Health
 from api.openapi import OpenApi
+from api.stats import Stats
 from api.tasks import TaskCollection, TaskItem
 
 __all__ = ["create_app"]
@@ -32,11 +34,12 @@ def create_app(system: TaskSystem) -> falcon.App:
 
     app.add_route("/tasks", TaskCollection(system))
     app.add_route("/tasks/{task_id}", TaskItem(system))
-    for path, resource in cancel_and_retry(system).items():
+    for path, resource in {**cancel_and_retry(system), **bulk_actions(system)}.items():
         app.add_route(path, resource)
     app.add_route("/queue/pause", QueuePause(system, paused=True))
     app.add_route("/queue/resume", QueuePause(system, paused=False))
     app.add_route("/health", Health(system))
+    app.add_route("/stats", Stats(system))
     app.add_route("/openapi.json", OpenApi(auth=bool(token)))
     app.add_route("/", DashboardPage())
     app.add_route("/dashboard/{name}", DashboardFile())

@@ -16,10 +16,10 @@ import falcon
 import orjson
 
 from actors import NotAccepted, TaskSystem
-from actors.db import STATUSES, utc_now
+from actors.db import STATUSES, TaskFilter, utc_now
 from actors.jsonvalues import INT_MAX, NotStorable, check_storable, loads_exact
 from actors.messages import NewTask
-from actors.reader import Cursor, TaskFilter, Unreadable
+from actors.reader import Cursor, Unreadable
 from actors.store import IdempotencyConflict
 from api.control import RETRY_AFTER_S, answer_control
 
@@ -77,7 +77,7 @@ class TaskCollection:
         filters = parse_filter(req)
         limit = _parse_limit(req.get_param("limit"))
         after = _decode_cursor(req.get_param("cursor"))
-        with _readable():
+        with readable():
             tasks, next_cursor = self._system.reader.list(filters, limit, after)
         resp.media = {
             "tasks": tasks,
@@ -118,7 +118,7 @@ class TaskItem:
         resp.media = None
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
-        with _readable():
+        with readable():
             task = self._system.reader.get(task_id)
         if task is None:
             raise falcon.HTTPNotFound(description="task not found")
@@ -231,7 +231,7 @@ def _parse_moment(raw: str) -> datetime.datetime | None:
 
 
 @contextlib.contextmanager
-def _readable() -> Iterator[None]:
+def readable() -> Iterator[None]:
     """Answer 503 with the reason when the database cannot be read (damaged, or gone)."""
     try:
         yield

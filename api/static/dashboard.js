@@ -18,7 +18,8 @@
     paused: null,
     timer: null,
     authNeeded: false,
-    listSeq: 0, // answers to older requests than the latest are dropped
+    statsSeq: 0, // answers to older requests than the latest are dropped
+    listSeq: 0,
     detailSeq: 0,
     flashTimer: null,
   };
@@ -167,8 +168,10 @@
   }
 
   async function loadStats() {
+    const seq = ++state.statsSeq;
     try {
       const stats = await api('GET', '/stats');
+      if (seq !== state.statsSeq) return false;
       const counts = stats.counts || {};
       for (const status of STATUSES) $(`count-${status}`).textContent = fmtInt(counts[status] ?? 0);
       $('stat-ready').textContent = fmtInt(stats.ready);
@@ -180,7 +183,7 @@
       show($('stats-error'), '');
       return true;
     } catch (e) {
-      if (e.status === 401) return false;
+      if (e.status === 401 || seq !== state.statsSeq) return false;
       show($('stats-error'), `Statistics are unavailable: ${e.message}`);
       try {
         setPaused(Boolean((await api('GET', '/health')).paused)); // /health also says whether paused
@@ -265,7 +268,10 @@
         el('td', { class: 'col-created' }, [el('time', { datetime: task.created_at }, [fmtTime(task.created_at)])]),
       ]);
       row.classList.toggle('selected', task.id === state.selected);
-      row.addEventListener('click', () => openDetail(task.id));
+      row.addEventListener('click', () => {
+        openDetail(task.id);
+        if (window.matchMedia('(max-width: 1000px)').matches) $('detail').scrollIntoView({ block: 'start' });
+      });
       return row;
     });
     $('task-rows').replaceChildren(...rows);

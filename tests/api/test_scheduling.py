@@ -131,4 +131,3 @@ def test_a_bad_priority_or_delay_is_a_400_and_stores_nothing(client, body, error
     assert result.status_code == 400
     assert error in result.json["error"]
     assert client.simulate_get("/tasks").json["count"] == 0
-
