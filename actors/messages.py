@@ -39,6 +39,7 @@ __all__ = [
     "Migrate",
     "Nack",
     "NewTask",
+    "Prune",
     "QueueState",
     "QueuedTask",
     "ReadyTasks",
@@ -397,6 +398,11 @@ class Flush:
 @dataclass(frozen=True, slots=True)
 class FileMoved:
     """The store's note to itself, found between writes: the database file is not the one it writes; stop."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prune:
+    """The store's timer, with a retention set: delete a batch of finished tasks older than it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ Protocol
               :class:`~actors.messages.FetchReady`   -> tells ``reply_to`` ReadyTasks
               :class:`~actors.messages.Flush`        (sent to itself) -> commits
               :class:`~actors.messages.RetryWrites`  (its timer, while a fault lasts) -> tries a write again
+              :class:`~actors.messages.Prune`        (its timer, with a retention) -> deletes old finished tasks
               :class:`~actors.messages.Inspect`      (edges, by ask)
               :class:`~actors.messages.FileMoved`    (sent to itself) -> stops (raises)
     replies   to Inspect: a :class:`~actors.messages.StoreState`; nothing else: answers go out as
@@ -50,10 +51,11 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 import pykka
 
 from actors.base import Actor
-from actors.db import connect_writer, epoch_now, utc_now
+from actors.db import connect_writer, epoch_now, utc_from_epoch, utc_now
 from actors.messages import (
     CancelQueued,
     CancelQueuedMatching,
@@ -70,6 +72,7 @@ from actors.messages import (
     MarkRunning,
     MatchingCancelled,
     NewTask,
+    Prune,
     QueuedTask,
     ReadyTasks,
     Recovered,
@@ -92,6 +95,8 @@ logger = logging.getLogger(__name__)
 RETRY_S = 0.5  # how soon unsaved updates, and a fetch that failed, are first tried again
 RETRY_MAX_S = 5.0  # the longest wait between tries while a fault lasts
 SUMMARY_S = 5.0  # while a fault lasts, at most one log line this often
+PRUNE_BATCH = 500  # finished tasks deleted per transaction, with a retention set
+PRUNE_EVERY_S = 60.0  # how often to look for tasks to prune, once none are left
 Update = tuple[str, tuple[Any, ...]]  # a status update as SQL and parameters
 # A control request's answer, given once its write is committed, and a message to send then.
 # (None: the message sent then answers it.)
@@ -136,7 +141,9 @@ class StoreActor(Actor):
         synchronous: str = "FULL",
         busy_timeout_ms: int = 2000,
         max_pages: int = 0,
+        *,
         idempotency_window_s: float = 86400.0,
+        retention_s: float = 0.0,
     ) -> None:
         super().__init__()
         self._db_path = db_path
@@ -144,6 +151,9 @@ class StoreActor(Actor):
         self._busy_timeout_ms = busy_timeout_ms
         self._max_pages = max_pages
         self._idempotency_window_s = idempotency_window_s
+        self._retention_s = retention_s
+        self._prune_timer: threading.Timer | None = None
+        self._pruned = 0  # tasks deleted by the pruning under way
         self._conn: sqlite3.Connection | None = None
         self._in_transaction = False
         self._inserted: list[InsertTask] = []  # inserts in the open transaction
@@ -164,10 +174,13 @@ class StoreActor(Actor):
     def on_start(self) -> None:
         self._conn = connect_writer(self._db_path, self._synchronous, self._busy_timeout_ms, self._max_pages)
         self._file_id = _file_id(self._db_path)
+        if self._retention_s:
+            self.actor_ref.tell(Prune())
 
     def on_stop(self) -> None:
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
+        for timer in (self._retry_timer, self._prune_timer):
+            if timer is not None:
+                timer.cancel()
         try:
             self._commit()
         except sqlite3.OperationalError as e:
@@ -180,8 +193,9 @@ class StoreActor(Actor):
         logger.critical("the store stopped: %s: %s", type(exc_info[1]).__name__, exc_info[1])
         self._refuse(self._inserted + [submit for submit, _ in self._replayed], "the store stopped; not stored")
         self._inserted, self._replayed = [], []
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
+        for timer in (self._retry_timer, self._prune_timer):
+            if timer is not None:
+                timer.cancel()
         if self._conn is not None:
             self._conn.close()
 
@@ -214,18 +228,25 @@ class StoreActor(Actor):
             case FetchReady(limit, reply_to):
                 self._commit()
                 _reply(reply_to, self._fetch_ready(limit))
+            case Flush() | RetryWrites() | Prune() | FileMoved():
+                self._note_to_self(message)
+            case Inspect():
+                return self._state()
+            case _:
+                raise TypeError(f"unexpected message {message!r}")
+        return None
+
+    def _note_to_self(self, message: Flush | RetryWrites | Prune | FileMoved) -> None:
+        match message:
             case Flush():
                 if self._in_transaction:  # else a fault rolled it back; the retry timer takes over
                     self._commit()
             case RetryWrites():
                 self._retry()
-            case Inspect():
-                return self._state()
+            case Prune():
+                self._prune()
             case FileMoved():
                 self._stop_for_moved_file()
-            case _:
-                raise TypeError(f"unexpected message {message!r}")
-        return None
 
     def _insert(self, message: InsertTask) -> None:
         task = message.task
@@ -384,6 +405,38 @@ class StoreActor(Actor):
             found = self.conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
             result = ControlResult(None if found is None else found[0], done=False)
         self._answers.append((answer, result, then))
+
+    def _prune(self) -> None:
+        """Delete a batch of finished tasks older than the retention, with their errors. The next batch
+        comes after the messages waiting now, so writes go on meanwhile; once none is left, after a while."""
+        full = False
+        try:
+            cutoff = utc_from_epoch(epoch_now() - self._retention_s)
+            self._begin()
+            deleted = [
+                task_id
+                for (task_id,) in self.conn.execute(
+                    "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE status IN"
+                    " ('completed', 'failed', 'cancelled') AND created_at < ? AND processed_at < ? LIMIT ?)"
+                    " RETURNING id",
+                    (cutoff, cutoff, PRUNE_BATCH),
+                )
+            ]
+            self.conn.execute(
+                "DELETE FROM task_errors WHERE task_id IN (SELECT value FROM json_each(?))", (orjson.dumps(deleted),)
+            )
+            self._pruned += len(deleted)
+            full = len(deleted) == PRUNE_BATCH
+        finally:
+            if full:
+                self.actor_ref.tell(Prune())
+            else:
+                if self._pruned:
+                    logger.info(
+                        "deleted %d finished tasks older than %g s (store.retention_s)", self._pruned, self._retention_s
+                    )
+                self._pruned = 0
+                self._prune_timer = tell_later(self.actor_ref, Prune(), min(PRUNE_EVERY_S, self._retention_s / 2))
 
     def _moved(self) -> bool:
         """Whether the file at the database's path is no longer the file this store writes."""

@@ -290,7 +290,8 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         config.store.synchronous,
         config.store.busy_timeout_ms,
         config.store.max_pages,
-        config.store.idempotency_window_s,
+        idempotency_window_s=config.store.idempotency_window_s,
+        retention_s=config.store.retention_s,
     )
 
     def start_worker(supervisor: pykka.ActorRef[Any], interrupts: SimpleQueue[int]) -> pykka.ActorRef[Any]:

@@ -49,6 +49,7 @@ class StoreConfig:
     max_pages: int
     check_on_start: bool
     idempotency_window_s: int
+    retention_s: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,7 @@ class Config:
             "store.busy_timeout_ms": self.store.busy_timeout_ms >= 0,
             "store.max_pages": self.store.max_pages >= 0,
             "store.idempotency_window_s": self.store.idempotency_window_s >= 1,
+            "store.retention_s": self.store.retention_s >= 0,
             "queue.prefetch": self.queue.prefetch >= 1,
             "queue.window": self.queue.window >= 1,
             "queue.max_attempts": self.queue.max_attempts >= 1,

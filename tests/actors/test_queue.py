@@ -93,6 +93,7 @@ def test_at_most_prefetch_tasks_are_in_flight_across_the_workers(store, fake_wor
         workers=2,
         worker_restarts=0,
         unfinished=8,
+        finished_per_minute=(0,) * 60,
     )
     executes = [receive(inbox, Execute) for _ in range(5)]
     assert [e.task.id for e in executes] == ids[:5]

@@ -31,6 +31,13 @@ document.addEventListener('securitypolicyviolation',
     (e) => window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`));
 """
 
+# Counts the page's API calls, as they are made.
+COUNT_FETCHES = """
+window.__fetches = [];
+const realFetch = window.fetch;
+window.fetch = (...args) => { window.__fetches.push(String(args[0])); return realFetch(...args); };
+"""
+
 expect.set_options(timeout=TIMEOUT_MS)
 
 
@@ -239,26 +246,24 @@ def test_a_failed_task_is_retried_from_its_detail_and_all_failed_ones_in_bulk(
 
     # "Retry all failed" counts them first and asks; dismissed, nothing happens.
     service.request("POST", "/queue/pause")
-    dialogs: list[str] = []
-
-    def answer(accept: bool) -> Callable[[Dialog], None]:
-        def handle(dialog: Dialog) -> None:
-            dialogs.append(dialog.message)
-            dialog.accept() if accept else dialog.dismiss()
-
-        return handle
-
-    page.once("dialog", answer(accept=False))
-    page.click("#retry-failed")
-    wait_until(lambda: dialogs, timeout=TIMEOUT_MS / 1000, what="the confirm dialog")
-    assert dialogs == ["Retry 2 failed tasks?"]
+    with page.expect_event("dialog") as asked:
+        page.click("#retry-failed")
+    assert (asked.value.type, asked.value.message) == ("confirm", "Retry 2 failed tasks?")
+    asked.value.dismiss()
     expect(page.locator("#retry-failed")).to_be_enabled()
     assert service.request("GET", "/tasks?status=failed")[1]["count"] == 2
 
-    page.once("dialog", answer(accept=True))
+    # Accepted (by a dialog handler), both are queued again.
+    dialogs: list[str] = []
+
+    def accept(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
     page.click("#retry-failed")
     expect(page.locator("#message")).to_have_text("2 failed tasks queued again.")
-    assert dialogs == ["Retry 2 failed tasks?", "Retry 2 failed tasks?"]
+    assert dialogs == ["Retry 2 failed tasks?"]
     assert service.request("GET", "/tasks?status=queued")[1]["count"] == 2
     expect(page.locator("#count-queued")).to_have_text("2")
     expect(page.locator("#count-failed")).to_have_text("0")
@@ -380,6 +385,43 @@ def test_the_page_runs_under_its_csp_and_shows_task_data_as_text(
     assert shot.stat().st_size > 20_000, "a screenshot of the page with its data is not a few bytes"
     assert shot.read_bytes().startswith(b"\x89PNG")
     shutil.copy(shot, "/tmp/dashboard.png")  # to look at after a run
+    assert dashboard.problems() == []
+
+
+def test_auto_refresh_stops_while_the_page_is_hidden(service: Service, dashboard_for: Callable[..., Dashboard]) -> None:
+    dashboard = dashboard_for(service)
+    page = dashboard.page
+    page.clock.install()  # the page's timers run only when the test moves the clock on
+    page.add_init_script(COUNT_FETCHES)
+    dashboard.open()
+    expect(page.locator("#last-updated")).not_to_have_text("never")  # the first refresh is done
+
+    def fetches() -> int:
+        return page.evaluate("window.__fetches.length")
+
+    def set_hidden(hidden: bool) -> None:
+        page.evaluate(
+            "(hidden) => { Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});"
+            " document.dispatchEvent(new Event('visibilitychange')); }",
+            hidden,
+        )
+
+    before = fetches()
+    page.clock.run_for(3000)
+    assert fetches() > before, "the page refreshes every few seconds"
+    expect(page.locator("#last-updated")).to_have_attribute("datetime", re.compile(r"."))
+
+    set_hidden(True)
+    hidden_at = fetches()
+    page.clock.run_for(30_000)
+    assert fetches() == hidden_at, "no refresh while hidden"
+
+    set_hidden(False)
+    assert fetches() > hidden_at, "visible again, it refreshes at once"
+    task_id = service.submit({"action": "uppercase", "data": {"text": "back"}})
+    service.wait_finished(task_id)
+    page.clock.run_for(3000)
+    expect(dashboard.row(task_id)).to_be_visible()
     assert dashboard.problems() == []
 
 
