@@ -13,15 +13,19 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from actors import DatabaseInUse, TaskSystem, start_system
+from actors.actions import registry
 from api import create_app
+from api.logs import configure_logging
+from api.openapi import package_version
 from api.server import Server, listen, raise_open_files_limit, url_of
-from conf import Config, ConfigError, load_config, unknown_environment_variables
+from conf import Config, ConfigError, describe_settings, load_config, unknown_environment_variables
 
 logger = logging.getLogger("task_queue")
 
@@ -30,7 +34,24 @@ STOP_DEADLINE_S = 9.0  # exit within this long of SIGTERM (process managers wait
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run the task-queue service.")
+    parser = argparse.ArgumentParser(
+        prog="task-queue",
+        description=textwrap.fill(
+            "Run the task-queue service: a REST API (POST /tasks, GET /tasks, GET /stats, GET /metrics) and a"
+            " dashboard (GET /) in front of actors that run tasks and keep them in SQLite.",
+            100,
+        ),
+        epilog=textwrap.fill(
+            "Settings, lowest precedence first: conf/default.toml, the file given with --config (same layout),"
+            " environment variables, then the flags above. Every setting, its variable and its default:",
+            100,
+        )
+        + "\n\n"
+        + describe_settings()
+        + "\n\nExit codes: 0 stopped by SIGTERM or SIGINT; 1 start-up failed or an actor died; 2 bad settings.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("--config", help="TOML file overriding conf/default.toml")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one (default 8080)")
@@ -145,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"task-queue: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log)
     for warning in unknown_environment_variables(os.environ):
         logger.warning("%s", warning)
     tune_interpreter(config)
@@ -173,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         stop_signal = StopSignal(system, server)
         stop_signal.install()
         watchdog.start()
+        logger.info(
+            "actions: %s; any other name runs the default action", ", ".join(registry.names()) or "none registered"
+        )
         logger.info(
             "task-queue ready on %s (database %s, %d workers, schema v%d, up to %d connections)",
             url_of(sock),

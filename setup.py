@@ -13,6 +13,7 @@ setup(
         "falcon>=4.0,<5",
         "waitress>=3.0.1,<3.1",  # api/server.py's graceful stop reaches into its loop
         "orjson>=3.10,<4",
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
         "test": [
@@ -20,6 +21,8 @@ setup(
             "pytest-timeout>=2.3,<3",
             "hypothesis>=6.100,<7",
             "schemathesis>=4.0,<5",
+            "openapi-spec-validator>=0.7,<1",
+            "playwright>=1.40,<2",  # drives Debian's chromium (apt-get install chromium) in tests/e2e/test_dashboard.py
             "ruff>=0.8",
             "mypy>=1.13",
         ],

@@ -8,7 +8,7 @@ edge of the system (the HTTP resource, start-up, a test) waits on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pykka import ActorRef, Future
@@ -192,6 +192,7 @@ class Ack:
     task_id: str
     attempt: int  #: which attempt this answers; a late answer to an earlier one is ignored
     result: str  #: the result object as JSON text
+    duration_s: float = field(default=0.0, compare=False)  #: how long the attempt ran, for logs and metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +203,8 @@ class Nack:
     attempt: int
     error: str
     retryable: bool  #: False when retrying cannot help (the data is unusable)
+    duration_s: float = field(default=0.0, compare=False)
+    traceback: str | None = field(default=None, compare=False)  #: of an unexpected exception, for the log
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,11 +42,13 @@ is wrong beyond one task: the queue gives up and dies, which stops the process (
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from queue import SimpleQueue
 from typing import Any
 
@@ -88,6 +90,7 @@ from actors.messages import (
     Wake,
     WorkerFailed,
 )
+from actors.tasklog import TaskReport
 from actors.throughput import Throughput
 from actors.timers import tell_later
 from actors.window import ReadyWindow
@@ -114,6 +117,16 @@ class WorkerPoolFailed(Exception):
 StartWorker = Callable[[pykka.ActorRef[Any], SimpleQueue[int]], pykka.ActorRef[Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A task handed to a worker and not yet answered."""
+
+    task: QueuedTask
+    worker: int  #: the worker's slot
+    attempt: int
+    dispatch: int  #: the number of this hand-over, which a cancel names
+
+
 class QueueActor(Actor):
     """Receives Submit, stored and ready tasks, acks and nacks; sends Execute and store writes."""
 
@@ -123,8 +136,11 @@ class QueueActor(Actor):
         start_worker: StartWorker,
         settings: QueueConfig,
         pool: WorkersConfig,
+        *,
+        report: TaskReport | None = None,
     ) -> None:
         super().__init__()
+        self._report = report or TaskReport()
         self._store = store
         self._start_worker = start_worker
         self._settings = settings
@@ -135,7 +151,7 @@ class QueueActor(Actor):
         self._ready = ReadyWindow(settings.window)
         self._backlog = True  # the store may hold ready tasks that are not in _ready
         self._fetching = False
-        self._in_flight: dict[str, tuple[int, int, int]] = {}  # task id -> (worker index, attempt, dispatch)
+        self._in_flight: dict[str, InFlight] = {}  # by task id
         self._dispatches = 0  # hand-overs so far, numbering them
         self._load = [0] * pool.count  # tasks in flight per worker
         self._draining = False
@@ -172,10 +188,10 @@ class QueueActor(Actor):
                 self._take_stored(tasks)
             case ReadyTasks(tasks, next_due_at):
                 self._take_ready(tasks, next_due_at)
-            case Ack(task_id, attempt, result):
-                self._ack(task_id, attempt, result)
-            case Nack(task_id, attempt, error, retryable):
-                self._nack(task_id, attempt, error, retryable)
+            case Ack():
+                self._ack(message)
+            case Nack():
+                self._nack(message)
             case Wake():
                 self._wake()
             case WorkerFailed(worker, error):
@@ -256,14 +272,14 @@ class QueueActor(Actor):
 
     def _interrupt(self, task_id: str, answer: pykka.Future[ControlResult] | None = None) -> bool:
         """Interrupt a task in flight on its worker; it ends cancelled. False if it is not in flight."""
-        slot = self._in_flight.get(task_id)
-        if slot is None:
+        flight = self._in_flight.get(task_id)
+        if flight is None:
             return False
         answers = self._cancelling.setdefault(task_id, [])
         if answer is not None:
             answers.append(answer)
-        self._interrupts[slot[0]].put(slot[2])  # read by the worker's stopwatch
-        logger.info("task %s: cancelling it on worker %d", task_id, slot[0])
+        self._interrupts[flight.worker].put(flight.dispatch)  # read by the worker's stopwatch
+        logger.info("task %s: cancelling it on worker %d", task_id, flight.worker)
         return True
 
     def _wake(self) -> None:
@@ -298,50 +314,56 @@ class QueueActor(Actor):
         if next_due_at is not None:
             self._schedule_wake(next_due_at)
 
-    def _settle(self, task_id: str, attempt: int) -> bool:
+    def _settle(self, task_id: str, attempt: int) -> InFlight | None:
         """Forget a task that came back from its worker, unless the answer is for another attempt."""
-        slot = self._in_flight.get(task_id)
-        if slot is None or slot[1] != attempt:
+        flight = self._in_flight.get(task_id)
+        if flight is None or flight.attempt != attempt:
             logger.warning("task %s: answer to attempt %d, which is not in flight, ignored", task_id, attempt)
-            return False
+            return None
         del self._in_flight[task_id]
-        self._load[slot[0]] -= 1
-        return True
+        self._load[flight.worker] -= 1
+        return flight
 
-    def _ack(self, task_id: str, attempt: int, result: str) -> None:
-        if self._settle(task_id, attempt):
-            self._unfinished -= 1
-            self._throughput.record()
-            self._store.tell(CompleteTask(task_id, result, utc_now()))
-            for answer in self._cancelling.pop(task_id, []):  # it finished before the interrupt reached it
-                answer.set(ControlResult("completed", done=False))
-
-    def _nack(self, task_id: str, attempt: int, error: str, retryable: bool) -> None:
-        if not self._settle(task_id, attempt):
+    def _ack(self, answer: Ack) -> None:
+        flight = self._settle(answer.task_id, answer.attempt)
+        if flight is None:
             return
+        self._unfinished -= 1
+        self._throughput.record()
+        self._store.tell(CompleteTask(answer.task_id, answer.result, utc_now()))
+        self._report.finished(flight.task, flight.attempt, "completed", answer.duration_s)
+        for asker in self._cancelling.pop(answer.task_id, []):  # it finished before the interrupt reached it
+            asker.set(ControlResult("completed", done=False))
+
+    def _nack(self, answer: Nack) -> None:
+        task_id, attempt, error = answer.task_id, answer.attempt, answer.error
+        flight = self._settle(task_id, attempt)
+        if flight is None:
+            return
+        report = functools.partial(self._report.finished, flight.task, attempt, duration_s=answer.duration_s)
         if task_id in self._cancelling:  # whatever ended it, it was cancelled: not retried
             self._unfinished -= 1
             self._store.tell(CancelRunning(task_id, error, utc_now(), tuple(self._cancelling.pop(task_id))))
+            report("cancelled", error=error)
             return
-        logger.debug("task %s: attempt %d failed: %s", task_id, attempt, error)  # may quote task data
-        if retryable and attempt < self._settings.max_attempts:
+        if answer.retryable and attempt < self._settings.max_attempts:
             backoff_ms = min(self._settings.retry_backoff_ms * 2 ** (attempt - 1), self._settings.retry_backoff_max_ms)
             due = epoch_now() + backoff_ms / 1000
-            logger.info("task %s: attempt %d failed, retrying in %d ms", task_id, attempt, backoff_ms)
             self._store.tell(RetryTask(task_id, attempt, error, due, utc_now()))
             self._backlog = True
             self._schedule_wake(due)
+            report("retried", error=error, trace=answer.traceback, retry_in_ms=backoff_ms)
         else:
-            logger.warning("task %s: failed on attempt %d, not retried (its error is kept with it)", task_id, attempt)
             self._unfinished -= 1
             self._throughput.record()
             self._store.tell(FailTask(task_id, attempt, error, utc_now()))
+            report("failed", error=error, trace=answer.traceback)
 
     def _replace_worker(self, worker: pykka.ActorRef[Any], error: str) -> None:
         if worker not in self._workers:
             return  # already replaced
         slot = self._workers.index(worker)
-        lost = [(task_id, attempt) for task_id, (held_by, attempt, _) in self._in_flight.items() if held_by == slot]
+        lost = [flight for flight in self._in_flight.values() if flight.worker == slot]
         if self._draining:
             logger.error(
                 "worker %d failed while stopping (%s); its %d tasks run after a restart", slot, error, len(lost)
@@ -367,8 +389,10 @@ class QueueActor(Actor):
             self._pool.restart_window_s,
             len(lost),
         )
-        for task_id, attempt in lost:
-            self._nack(task_id, attempt, f"the worker running it failed: {error}", retryable=True)
+        if self._report.metrics is not None:
+            self._report.metrics.worker_restarts.inc()
+        for flight in lost:
+            self._nack(Nack(flight.task.id, flight.attempt, f"the worker running it failed: {error}", retryable=True))
 
     def _dispatch(self) -> None:
         if self._draining or self._paused or self._holding:
@@ -379,7 +403,7 @@ class QueueActor(Actor):
                 continue
             worker = self._load.index(min(self._load))
             self._dispatches += 1
-            self._in_flight[task.id] = (worker, task.attempts + 1, self._dispatches)
+            self._in_flight[task.id] = InFlight(task, worker, task.attempts + 1, self._dispatches)
             self._load[worker] += 1
             self._store.tell(MarkRunning(task.id, utc_now()))
             try:

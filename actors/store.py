@@ -86,6 +86,7 @@ from actors.messages import (
     TaskCancelled,
     TasksStored,
 )
+from actors.metrics import Metrics
 from actors.timers import tell_later
 
 __all__ = ["DatabaseMoved", "IdempotencyConflict", "StoreActor", "StoreError"]
@@ -144,6 +145,7 @@ class StoreActor(Actor):
         *,
         idempotency_window_s: float = 86400.0,
         retention_s: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._db_path = db_path
@@ -152,6 +154,7 @@ class StoreActor(Actor):
         self._max_pages = max_pages
         self._idempotency_window_s = idempotency_window_s
         self._retention_s = retention_s
+        self._metrics = metrics
         self._prune_timer: threading.Timer | None = None
         self._pruned = 0  # tasks deleted by the pruning under way
         self._conn: sqlite3.Connection | None = None
@@ -487,6 +490,8 @@ class StoreActor(Actor):
         updates = len(self._updates)
         self._updates.clear()
         self._in_transaction = False
+        if self._metrics is not None:
+            self._metrics.commit_batch.observe(len(inserted) + len(self._replayed) + updates + len(self._answers))
         if self._moved():
             answered_with_earlier = [submit for submit, _ in self._replayed]
             self._replayed = []

@@ -14,6 +14,7 @@ import importlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import Any, TypeVar
@@ -40,10 +41,12 @@ from actors.messages import (
     StoreState,
     Submit,
 )
+from actors.metrics import Gauge, Metrics
 from actors.migration import MigrationActor
 from actors.queue import QueueActor, QueueFull, ShuttingDown
 from actors.reader import TaskReader
 from actors.store import StoreActor, StoreError
+from actors.tasklog import TaskReport
 from actors.worker import WorkerActor
 from conf import Config
 
@@ -79,9 +82,28 @@ class TaskSystem:
     queue: pykka.ActorRef[Any]
     reader: TaskReader
     lock: DatabaseLock
+    metrics: Metrics | None = None  #: None when metrics are turned off
     accepting: bool = field(default=True)
     _waiting: dict[str, float] = field(default_factory=dict, init=False)  # task id -> when its submit began
     _waiting_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        if self.metrics is not None:
+            self.metrics.add_gauges(self._gauges)
+
+    def _gauges(self) -> Iterator[Gauge]:
+        """The gauges of /metrics, read at each scrape: never a count of the tasks table."""
+        counts = self.reader.counts()
+        for status, n in counts.by_status.items():
+            yield "tasks", "Tasks in the database, by status", n, {"status": status}
+        yield "tasks_ready", "Queued tasks that are due: waiting for a worker", counts.ready, {}
+        yield "tasks_delayed", "Queued tasks not due yet (delay_ms, run_at, or a retry's backoff)", counts.delayed, {}
+        age = counts.oldest_ready_age_s or 0.0
+        yield "oldest_ready_age_seconds", "How long the task due first has waited for a worker", age, {}
+        queue = self.inspect()
+        yield "tasks_in_flight", "Tasks handed to workers and not yet answered", queue.in_flight, {}
+        yield "workers", "Workers alive", queue.workers, {}
+        yield "paused", "1 while dispatching is paused (POST /queue/pause)", int(queue.paused), {}
 
     def submit(self, task: NewTask) -> str | None:
         """Return once ``task`` is committed; raise :class:`NotAccepted` if it is not.
@@ -101,10 +123,14 @@ class TaskSystem:
                 raise NotAccepted("the store is not keeping up; try again")
             self._waiting[task.id] = time.monotonic()
         try:
-            return self._submit(task)
+            earlier = self._submit(task)
         finally:
             with self._waiting_lock:
-                del self._waiting[task.id]
+                started = self._waiting.pop(task.id)
+        if self.metrics is not None and earlier is None:
+            self.metrics.submitted.labels(self.metrics.action(task.action)).inc()
+            self.metrics.submit_latency.observe(time.monotonic() - started)
+        return earlier
 
     def _stalled(self) -> int:
         stalled_since = time.monotonic() - self.config.server.stall_ms / 1000
@@ -285,6 +311,7 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         lock.release()
         raise
 
+    metrics = Metrics(actions.names()) if config.metrics.enabled else None
     store = StoreActor.start(
         db_path,
         config.store.synchronous,
@@ -292,11 +319,13 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         config.store.max_pages,
         idempotency_window_s=config.store.idempotency_window_s,
         retention_s=config.store.retention_s,
+        metrics=metrics,
     )
 
     def start_worker(supervisor: pykka.ActorRef[Any], interrupts: SimpleQueue[int]) -> pykka.ActorRef[Any]:
         delay_s = config.workers.work_delay_ms / 1000
         return WorkerActor.start(actions, delay_s, config.workers.task_timeout_s, supervisor, interrupts=interrupts)
 
-    queue = QueueActor.start(store, start_worker, config.queue, config.workers)
-    return TaskSystem(config, schema_version, store, queue, TaskReader(db_path), lock)
+    report = TaskReport(metrics, task_data=config.log.task_data)
+    queue = QueueActor.start(store, start_worker, config.queue, config.workers, report=report)
+    return TaskSystem(config, schema_version, store, queue, TaskReader(db_path), lock, metrics)

@@ -34,6 +34,7 @@ import ctypes
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
@@ -196,24 +197,25 @@ class WorkerActor(Actor):
             return Nack(task.id, attempt, "cancelled before it ran", retryable=False)
         self._runs += 1
         self._stopwatch.begin(self._runs, task.id, timeout_s, dispatch)
+        started = time.perf_counter()
+
+        def failed(error: str, retryable: bool, trace: str | None = None) -> Nack:
+            return Nack(task.id, attempt, error, retryable, time.perf_counter() - started, trace)
+
         try:
             result = action(orjson.loads(task.payload))
             if not isinstance(result, dict):
                 raise InvalidTaskData(f"action {task.action!r} returned {type(result).__name__}, not an object")
             check_storable(result, "the result")
-            return Ack(task.id, attempt, orjson.dumps(result).decode())
+            return Ack(task.id, attempt, orjson.dumps(result).decode(), time.perf_counter() - started)
         except TaskTimedOut:
-            logger.warning("task %s: timed out after %g s", task.id, timeout_s)
-            return Nack(task.id, attempt, f"timed out after {timeout_s:g} s", retryable=True)
+            return failed(f"timed out after {timeout_s:g} s", retryable=True)
         except TaskCancelled:
-            logger.info("task %s: cancelled while it ran", task.id)
-            return Nack(task.id, attempt, "cancelled while it ran", retryable=False)
+            return failed("cancelled while it ran", retryable=False)
         except (InvalidTaskData, NotStorable, orjson.JSONEncodeError) as e:
-            return Nack(task.id, attempt, str(e), retryable=False)
-        except Exception as e:
-            logger.warning("task %s: action %r raised %s", task.id, task.action, type(e).__name__)
-            logger.debug("task %s: traceback", task.id, exc_info=True)
-            return Nack(task.id, attempt, f"{type(e).__name__}: {e}", retryable=True)
+            return failed(str(e), retryable=False)
+        except Exception as e:  # noqa: BLE001 -- whatever an action raises is a nack, never a dead worker
+            return failed(f"{type(e).__name__}: {e}", retryable=True, trace=traceback.format_exc())
         finally:
             self._stopwatch.end()
 

@@ -171,6 +171,70 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"id": {"type": "string"}, "status": {"type": "string", "enum": list(STATUSES)}},
         "additionalProperties": False,
     },
+    "BulkResult": {
+        "type": "object",
+        "required": ["count", "dry_run"],
+        "properties": {
+            "count": {"type": "integer", "minimum": 0, "description": "tasks the request changed (or would)"},
+            "dry_run": {"type": "boolean"},
+        },
+        "additionalProperties": False,
+    },
+    "StatusCounts": {
+        "type": "object",
+        "required": list(STATUSES),
+        "properties": {status: {"type": "integer", "minimum": 0} for status in STATUSES},
+    },
+    "Stats": {
+        "type": "object",
+        "required": [
+            "counts",
+            "actions",
+            "ready",
+            "delayed",
+            "in_flight",
+            "oldest_ready_age_s",
+            "throughput",
+            "paused",
+            "workers",
+        ],
+        "properties": {
+            "counts": {"$ref": "#/components/schemas/StatusCounts"},
+            "actions": {
+                "type": "object",
+                "description": "counts per status of each action (the first 1,000 by name)",
+                "additionalProperties": {"$ref": "#/components/schemas/StatusCounts"},
+            },
+            "ready": {"type": "integer", "description": "queued and due: waiting for a worker"},
+            "delayed": {"type": "integer", "description": "queued, not due yet (delay_ms, run_at, retry backoff)"},
+            "in_flight": {"type": "integer", "description": "handed to workers, not answered yet"},
+            "oldest_ready_age_s": {
+                "type": "number",
+                "nullable": True,
+                "description": "how long the task due first has waited (null: none is waiting)",
+            },
+            "throughput": {
+                "type": "object",
+                "required": ["last_minute", "last_hour", "per_minute"],
+                "description": "tasks finished (completed or failed) since start-up, within the last hour",
+                "properties": {
+                    "last_minute": {"type": "integer"},
+                    "last_hour": {"type": "integer"},
+                    "per_minute": {
+                        "type": "array",
+                        "items": {"type": "integer"},
+                        "minItems": 60,
+                        "maxItems": 60,
+                        "description": "each of the last 60 minutes, oldest first",
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "paused": {"type": "boolean"},
+            "workers": {"type": "integer"},
+        },
+        "additionalProperties": False,
+    },
     "Paused": {
         "type": "object",
         "required": ["paused"],
@@ -215,6 +279,50 @@ def package_version() -> str:
 
 
 TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+FILTERS: list[dict[str, Any]] = [
+    {
+        "name": "status",
+        "in": "query",
+        "description": "any of these statuses (repeat it, or separate them with commas)",
+        "style": "form",
+        "explode": True,
+        "schema": {"type": "array", "items": {"type": "string", "enum": list(STATUSES)}},
+    },
+    {"name": "action", "in": "query", "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ACTION_LENGTH}},
+    {
+        "name": "created_after",
+        "in": "query",
+        "description": "created at or after this time (ISO 8601; no offset means UTC)",
+        "schema": {"type": "string", "format": "date-time"},
+    },
+    {
+        "name": "created_before",
+        "in": "query",
+        "description": "created before this time",
+        "schema": {"type": "string", "format": "date-time"},
+    },
+]
+
+
+def _bulk(verb: str, statuses: str) -> dict[str, Any]:
+    return {
+        "summary": f"{verb} every {statuses} task the filter matches (the filter of GET /tasks)",
+        "operationId": f"{verb.lower()}Matching",
+        "parameters": [
+            *FILTERS,
+            {
+                "name": "dry_run",
+                "in": "query",
+                "description": "only count the tasks it would change",
+                "schema": {"type": "boolean", "default": False},
+            },
+        ],
+        "responses": {
+            "200": _ok("how many tasks it changed (or would)", "BulkResult"),
+            "400": _error(f"a parameter is invalid, or a status other than {statuses}"),
+            "503": _error("stopping, the store cannot write, or no answer in time", RETRY_AFTER),
+        },
+    }
 
 
 def _control_refusals(conflict: str) -> dict[str, Any]:
@@ -276,31 +384,7 @@ def openapi_document(auth: bool) -> dict[str, Any]:
                 "summary": "List tasks, newest first",
                 "operationId": "listTasks",
                 "parameters": [
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "description": "any of these statuses (repeat it, or separate them with commas)",
-                        "style": "form",
-                        "explode": True,
-                        "schema": {"type": "array", "items": {"type": "string", "enum": list(STATUSES)}},
-                    },
-                    {
-                        "name": "action",
-                        "in": "query",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ACTION_LENGTH},
-                    },
-                    {
-                        "name": "created_after",
-                        "in": "query",
-                        "description": "created at or after this time (ISO 8601; no offset means UTC)",
-                        "schema": {"type": "string", "format": "date-time"},
-                    },
-                    {
-                        "name": "created_before",
-                        "in": "query",
-                        "description": "created before this time",
-                        "schema": {"type": "string", "format": "date-time"},
-                    },
+                    *FILTERS,
                     {
                         "name": "limit",
                         "in": "query",
@@ -371,6 +455,57 @@ def openapi_document(auth: bool) -> dict[str, Any]:
                     **unauthorized,
                 },
                 **secured,
+            }
+        },
+        "/tasks/bulk/retry": {"post": {**_bulk("Retry", "failed or cancelled"), **secured}},
+        "/tasks/bulk/cancel": {"post": {**_bulk("Cancel", "queued or running"), **secured}},
+        "/stats": {
+            "get": {
+                "summary": "Counts per status and action, queue depth, throughput; never a count of the tasks table",
+                "operationId": "stats",
+                "responses": {
+                    "200": _ok("the numbers", "Stats"),
+                    "503": _error("the database cannot be read, or the queue does not answer", RETRY_AFTER),
+                    **unauthorized,
+                },
+                **secured,
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics, in its text format (metrics.enabled)",
+                "operationId": "metrics",
+                "responses": {
+                    "200": {"description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "404": _error("metrics are turned off"),
+                    "503": _error("the database cannot be read, or the queue does not answer", RETRY_AFTER),
+                    **unauthorized,
+                },
+                **secured,
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The dashboard: a page that reads this API (it asks for the token itself)",
+                "operationId": "dashboard",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/dashboard/{name}": {
+            "get": {
+                "summary": "The dashboard's script and style sheet",
+                "operationId": "dashboardFile",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {
+                        "description": "the file",
+                        "content": {
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "404": _error("no such file"),
+                },
             }
         },
         "/queue/pause": {

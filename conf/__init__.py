@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import textwrap
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "load_config", "unknown_environment_variables"]
+__all__ = ["Config", "ConfigError", "LogConfig", "describe_settings", "load_config", "unknown_environment_variables"]
 
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
 ENV_PREFIX = "TASK_QUEUE_"
@@ -75,6 +76,14 @@ class WorkersConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str
+    format: str
+    requests: bool
+    task_data: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +93,7 @@ class Config:
     queue: QueueConfig
     workers: WorkersConfig
     log: LogConfig
+    metrics: MetricsConfig
 
     def __post_init__(self) -> None:
         checks = {
@@ -113,6 +123,8 @@ class Config:
             "workers.task_timeout_s": self.workers.task_timeout_s >= 1,
             "workers.max_restarts": self.workers.max_restarts >= 0,
             "workers.restart_window_s": self.workers.restart_window_s >= 1,
+            "log.level": self.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+            "log.format": self.log.format in ("text", "json"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -173,6 +185,30 @@ def _from_env(values: Mapping[str, Mapping[str, Any]], env: Mapping[str, str]) -
     return found
 
 
+def describe_settings() -> str:
+    """Every setting with its environment variable, default and comment from ``conf/default.toml``:
+    the reference ``task-queue --help`` prints."""
+    entries: list[tuple[str, str, list[str]]] = []  # (variable, "section.key = default", comment lines)
+    section = ""
+    for line in (raw.strip() for raw in DEFAULT_FILE.read_text().splitlines()):
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif section and line.startswith("#") and entries:  # a comment going on from the line above
+            entries[-1][2].append(line.lstrip("# "))
+        elif section and "=" in line:
+            setting, _, rest = line.partition("=")
+            value, _, comment = rest.partition("  #")
+            key = setting.strip()
+            variable = f"{ENV_PREFIX}{section}_{key}".upper()
+            entries.append((variable, f"{section}.{key} = {value.strip()}", [comment.strip()] if comment else []))
+    lines = []
+    for variable, assignment, notes in entries:
+        lines += [f"  {variable}", f"      {assignment}"]
+        if notes:
+            lines.append(textwrap.fill(" ".join(notes), 100, initial_indent=" " * 8, subsequent_indent=" " * 8))
+    return "\n".join(lines)
+
+
 def unknown_environment_variables(env: Mapping[str, str]) -> list[str]:
     """A warning for each ``TASK_QUEUE_*`` variable of ``env`` that names no setting (a typo, say)."""
     settings = [f"{section}_{key}".upper() for section, keys in _read_toml(DEFAULT_FILE).items() for key in keys]
@@ -207,6 +243,7 @@ _SECTION_TYPES = {
     "queue": QueueConfig,
     "workers": WorkersConfig,
     "log": LogConfig,
+    "metrics": MetricsConfig,
 }
 
 

@@ -11,7 +11,7 @@ from tests.helpers import row, wait_until
 JSON = {"Content-Type": "application/json"}
 FIELDS = {
     "id", "action", "data", "status", "result", "error", "errors", "attempts", "created_at", "started_at",
-    "processed_at",
+    "processed_at", "priority", "run_at",
 }  # fmt: skip
 
 
