@@ -326,6 +326,6 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         delay_s = config.workers.work_delay_ms / 1000
         return WorkerActor.start(actions, delay_s, config.workers.task_timeout_s, supervisor, interrupts=interrupts)
 
-    report = TaskReport(metrics, task_data=config.log.task_data)
+    report = TaskReport(metrics, lines=config.log.tasks, task_data=config.log.task_data)
     queue = QueueActor.start(store, start_worker, config.queue, config.workers, report=report)
     return TaskSystem(config, schema_version, store, queue, TaskReader(db_path), lock, metrics)

