@@ -126,6 +126,14 @@ def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
     ]
 
 
+def cpu_per_task(server: Service, seconds: float, connections: int) -> float:
+    """Microseconds of the service's CPU per task submitted with wrk, until all of them are done."""
+    cpu_before = server.cpu_seconds()
+    load = wrk(server.url + "/tasks", seconds, connections)
+    wait_until(lambda: health(server)["backlog"] == 0, timeout=600, what="the backlog to drain")
+    return (server.cpu_seconds() - cpu_before) / load.requests * 1e6
+
+
 def observability_cost(workdir: Path, seconds: float, connections: int, rounds: int) -> list[Row]:
     """CPU per task with metrics and the task log at their defaults, against both off, in turns."""
     settings = {
@@ -139,10 +147,7 @@ def observability_cost(workdir: Path, seconds: float, connections: int, rounds: 
             server = Service(str(db), workdir / f"observed-{name}-{turn}.log", "--work-delay-ms", "0", env=env)
             server.start(timeout=120)
             try:
-                cpu_before = server.cpu_seconds()
-                load = wrk(server.url + "/tasks", seconds, connections)
-                wait_until(lambda s=server: health(s)["backlog"] == 0, timeout=600, what="the backlog to drain")
-                cpu_us[name].append((server.cpu_seconds() - cpu_before) / load.requests * 1e6)
+                cpu_us[name].append(cpu_per_task(server, seconds, connections))
             finally:
                 server.shut()
     on, off = statistics.median(cpu_us["defaults"]), statistics.median(cpu_us["off"])
