@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from typing import Any
 
@@ -178,3 +180,33 @@ def test_an_idempotency_key_holds_across_a_restart(services, tmp_path):
 
     assert (status, replayed["id"], headers["idempotent-replayed"]) == (202, first["id"], "true")
     assert again.request("GET", "/tasks")[1]["count"] == 1
+
+
+def test_json_logs_give_one_object_per_line_with_the_task_fields(services, tmp_path):
+    service = Service(
+        str(tmp_path / "data" / "tasks.db"), tmp_path / "json.log", "--work-delay-ms", "0",
+        env={"TASK_QUEUE_LOG_FORMAT": "json", "TASK_QUEUE_LOG_REQUESTS": "true"},
+    )  # fmt: skip
+    services.append(service)
+    service.start()
+    task_id = service.submit({"action": "uppercase", "data": {"text": "hi"}})
+    service.wait_finished(task_id)
+    assert service.stop() == 0
+
+    lines = [json.loads(line) for line in service.log().splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    messages = [line["message"] for line in lines]
+    assert any(message.startswith("actions: sum, uppercase") for message in messages)
+    finished = [line for line in lines if line.get("task_id") == task_id]
+    assert [(line["outcome"], line["attempt"], line["action"]) for line in finished] == [("completed", 1, "uppercase")]
+    assert any(line.get("method") == "POST" and line.get("status") == 202 for line in lines), "the request log"
+
+
+def test_help_documents_every_setting_and_its_variable():
+    done = subprocess.run([sys.executable, "run.py", "--help"], check=True, cwd=ROOT, capture_output=True, text=True)
+    settings = tomllib.loads((ROOT / "conf" / "default.toml").read_text())
+    for section, keys in settings.items():
+        for key in keys:
+            assert f"TASK_QUEUE_{section}_{key}".upper() in done.stdout
+            assert f"{section}.{key} = " in done.stdout
+    assert "--work-delay-ms" in done.stdout
