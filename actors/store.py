@@ -643,7 +643,9 @@ class StoreActor(Actor):
             logger.warning("recovered tasks left running by a previous run: %d re-queued, %d failed", requeued, failed)
 
     def _count_unfinished(self) -> int:
-        count: int = self.conn.execute("SELECT COUNT(*) FROM tasks WHERE status IN ('queued', 'running')").fetchone()[0]
+        count: int = self.conn.execute(
+            "SELECT COALESCE(SUM(n), 0) FROM task_counts WHERE status IN ('queued', 'running')"
+        ).fetchone()[0]
         return count
 
     def _fetch_ready(self, limit: int) -> ReadyTasks:
