@@ -22,7 +22,7 @@ setup(
             "hypothesis>=6.100,<7",
             "schemathesis>=4.0,<5",
             "openapi-spec-validator>=0.7,<1",
-            "playwright>=1.40,<2",  # drives Debian's chromium (apt-get install chromium) in tests/e2e/test_dashboard.py
+            "playwright>=1.45,<2",  # drives Debian's chromium (apt-get install chromium) in tests/e2e/test_dashboard.py
             "ruff>=0.8",
             "mypy>=1.13",
         ],

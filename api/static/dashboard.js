@@ -17,6 +17,7 @@
     selected: null, // id of the task in the detail panel
     paused: null,
     timer: null,
+    refreshing: 0, // refreshes under way
     authNeeded: false,
     statsSeq: 0, // answers to older requests than the latest are dropped
     listSeq: 0,
@@ -518,7 +519,9 @@
   async function refresh() {
     stopTimer();
     if (state.authNeeded) return;
+    document.body.dataset.refreshing = String(++state.refreshing > 0); // for tests: wait until false
     const [, listed] = await Promise.all([loadStats(), loadTasks(), loadDetail()]);
+    document.body.dataset.refreshing = String(--state.refreshing > 0);
     if (listed) {
       const now = new Date();
       $('last-updated').textContent = now.toLocaleTimeString();
