@@ -122,7 +122,9 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
             "CREATE INDEX tasks_by_priority ON tasks (priority DESC, available_at, seq) WHERE status = 'queued'",
             # Tasks per action and status, kept by triggers in the same transactions as the tasks,
-            # so /stats and /metrics never count the table.
+            # so /stats and /metrics never count the table; a row that reaches 0 is deleted, so made-up
+            # action names do not pile up. A later migration that rebuilds the tasks table must create
+            # these triggers again.
             """
             CREATE TABLE task_counts (
                 action TEXT    NOT NULL,
@@ -142,6 +144,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             CREATE TRIGGER tasks_counted_on_update AFTER UPDATE OF status ON tasks
             WHEN OLD.status IS NOT NEW.status BEGIN
                 UPDATE task_counts SET n = n - 1 WHERE action = OLD.action AND status = OLD.status;
+                DELETE FROM task_counts WHERE action = OLD.action AND status = OLD.status AND n = 0;
                 INSERT INTO task_counts (action, status, n) VALUES (NEW.action, NEW.status, 1)
                 ON CONFLICT (action, status) DO UPDATE SET n = n + 1;
             END
@@ -149,6 +152,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             """
             CREATE TRIGGER tasks_counted_on_delete AFTER DELETE ON tasks BEGIN
                 UPDATE task_counts SET n = n - 1 WHERE action = OLD.action AND status = OLD.status;
+                DELETE FROM task_counts WHERE action = OLD.action AND status = OLD.status AND n = 0;
             END
             """,
         ),

@@ -18,6 +18,7 @@ from actors.db import TaskFilter
 
 __all__ = [
     "Ack",
+    "BulkProgress",
     "CancelMatching",
     "CancelQueued",
     "CancelQueuedMatching",
@@ -79,7 +80,7 @@ class NewTask:
 
 @dataclass(frozen=True, slots=True)
 class QueuedTask:
-    """A stored task that is ready to run."""
+    """A stored task that is queued: ready to run, or due later (``available_at``)."""
 
     id: str
     action: str
@@ -129,11 +130,24 @@ class DeleteTask:
 @dataclass(frozen=True, slots=True)
 class RetryMatching:
     """To the store: queue again every failed or cancelled task the filter matches (its statuses are
-    some of those two); answer how many, and tell ``reply_to`` (the queue) :class:`Requeued`."""
+    some of those two), in batches; answer how many, and tell ``reply_to`` (the queue)
+    :class:`Requeued` after each batch."""
 
     filters: TaskFilter
     answer: Future[int]
     reply_to: ActorRef[Any]
+    progress: BulkProgress | None = None  #: set by the store, which sends itself the next batch
+
+
+@dataclass(frozen=True, slots=True)
+class BulkProgress:
+    """How far a bulk request has gone: the store works through its tasks a batch at a time."""
+
+    upto_seq: int  #: tasks stored after the request began are left alone
+    statuses: tuple[str, ...]  #: the statuses still to go through, the current one first
+    after: tuple[str, int] | None  #: (created_at, seq) of the last task done in the current status
+    done: int  #: tasks changed so far
+    faults: int  #: the store's count of faults when it began: a fault since then ends the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +188,8 @@ class TasksStored:
 class ReadyTasks:
     """From the store, answering :class:`FetchReady`."""
 
-    tasks: tuple[QueuedTask, ...]  #: oldest first; fewer than asked means none are left
-    next_due_at: float | None  #: epoch seconds when the next delayed retry becomes ready
+    tasks: tuple[QueuedTask, ...]  #: in the order they run; fewer than asked means none are left
+    next_due_at: float | None  #: epoch seconds when the next delayed task (or retry) becomes due
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +223,10 @@ class Nack:
 
 @dataclass(frozen=True, slots=True)
 class Requeued:
-    """From the store, after :class:`RetryMatching`: this many tasks are queued again."""
+    """From the store, after a batch of :class:`RetryMatching`: this many tasks are queued again."""
 
     count: int
+    top_priority: int  #: the highest priority among them
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +257,7 @@ class WorkerFailed:
 
 @dataclass(frozen=True, slots=True)
 class Wake:
-    """From the queue's own timer: a delayed retry may be ready now."""
+    """From the queue's own timer: a delayed task or retry is due now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,11 +375,12 @@ class CancelQueued:
 @dataclass(frozen=True, slots=True)
 class CancelQueuedMatching:
     """From the queue, which dispatches nothing until the answer: cancel the queued tasks the filter
-    matches and, after the commit, tell ``reply_to`` :class:`MatchingCancelled`."""
+    matches, in batches, and after the last commit tell ``reply_to`` :class:`MatchingCancelled`."""
 
     filters: TaskFilter
     answer: Future[int]
     reply_to: ActorRef[Any]
+    progress: BulkProgress | None = None
 
 
 @dataclass(frozen=True, slots=True)

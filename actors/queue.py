@@ -19,7 +19,7 @@ Protocol
                                                        CancelQueuedMatching
               :class:`~actors.messages.MatchingCancelled` (store) -> interrupts the running ones the
                                                        filter matched, answers, dispatches again
-              :class:`~actors.messages.Requeued` (store) -> fetches the window again
+              :class:`~actors.messages.Requeued` (store) -> knows more tasks wait in the store
               :class:`~actors.messages.SetPaused` (edge, by ask) -> dispatches nothing new, or again
               :class:`~actors.messages.Drain` (shutdown, by ask) -> dispatches nothing more
               :class:`~actors.messages.Inspect` (edges, by ask)
@@ -29,7 +29,10 @@ Protocol
 The store is the source of truth; this actor holds only a bounded window of ready tasks
 (``window``) and at most ``prefetch`` tasks in flight across the workers. New tasks go
 straight into the window while it has room and nothing older waits in the store; otherwise
-they wait in the store (``backlog``) and are fetched, oldest first, when the window is empty.
+they wait in the store (``backlog``) and are fetched, highest priority first, then in the
+order they became due, when the window is empty. A new task that outranks the window's last
+joins it all the same; a delayed task waits in the store until its timer (``Wake``) says it
+is due, and then the window is fetched afresh.
 On start it re-queues what a previous run left running, then fetches: delivery is
 at-least-once. A nack is retried after an exponential backoff until ``max_attempts``, then
 the task fails with its last error kept (the dead letter).
@@ -151,6 +154,7 @@ class QueueActor(Actor):
         self._ready = ReadyWindow(settings.window)
         self._backlog = True  # the store may hold ready tasks that are not in _ready
         self._fetching = False
+        self._stale = False  # the fetch under way was asked before the window had to be fetched afresh
         self._in_flight: dict[str, InFlight] = {}  # by task id
         self._dispatches = 0  # hand-overs so far, numbering them
         self._load = [0] * pool.count  # tasks in flight per worker
@@ -243,9 +247,11 @@ class QueueActor(Actor):
                 if written:
                     self._unfinished -= cancelled
                     answer.set(cancelled + sum(self._interrupt(task_id) for task_id in running))
-            case Requeued(count):
+            case Requeued(count, top_priority):
                 self._unfinished += count
-                self._refetch()
+                self._backlog = True  # they are due now: after the window, unless one outranks it
+                if self._ready.outranks_lowest(top_priority):
+                    self._refetch()
             case CancelTask(task_id, answer):
                 self._cancel(task_id, answer)
             case TaskCancelled(task_id, cancelled):
@@ -288,9 +294,11 @@ class QueueActor(Actor):
         self._refetch()
 
     def _refetch(self) -> None:
-        """Let go of the window and fetch it again from the store (unless a fetch is under way already)."""
+        """Let go of the window and fetch it again from the store; a fetch under way is stale and done again."""
         self._backlog = True
-        if not self._fetching:
+        if self._fetching:
+            self._stale = True
+        else:
             self._ready.clear()
 
     def _take_stored(self, tasks: tuple[QueuedTask, ...]) -> None:
@@ -302,12 +310,16 @@ class QueueActor(Actor):
             if task.available_at > now:  # delayed: it waits in the store until it is due
                 self._schedule_wake(task.available_at)
                 continue
-            joins = not self._backlog or (not self._fetching and self._ready.outranks_lowest(task))
+            joins = not self._backlog or (not self._fetching and self._ready.outranks_lowest(task.priority))
             if joins and self._ready.add(task) is not None:
                 self._backlog = True
 
     def _take_ready(self, tasks: tuple[QueuedTask, ...], next_due_at: float | None) -> None:
         self._fetching = False
+        if self._stale:  # asked before something outranking it became due: they stay in the store, fetch again
+            self._stale = False
+            self._backlog = True
+            return
         for task in tasks:
             self._ready.add(task)
         self._backlog = len(tasks) == self._settings.window

@@ -10,9 +10,11 @@ row cannot take down a page. A database that SQLite cannot read raises :class:`U
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ SELECT_TASKS = (
 )
 
 MAX_ACTIONS = 1000  # the most actions counts() names one by one
+COUNT_CAP = 100_000  # counts() counts at most this many delayed (or ready) tasks on an index
 
 #: Where a page of the list ends: the (created_at, seq) of its last task.
 Cursor = tuple[str, int]
@@ -123,8 +126,27 @@ class TaskReader:
         return count
 
     def counts(self) -> TaskCounts:
-        """Tasks per status and per action, and the queued ones that are delayed; none of it counts the
-        table (``task_counts`` is kept by triggers; the delayed are counted on an index of queued tasks)."""
+        """Tasks per status and per action, and the queued ones that are delayed, all as of one moment.
+
+        None of it counts the tasks table: ``task_counts`` is kept by triggers, and the delayed are
+        counted on the index of queued tasks by due time, up to ``COUNT_CAP``; past it, the ready
+        ones are counted instead (the rest of the queued are delayed), and only when both are past
+        it are all of them counted."""
+        with self._snapshot():
+            return self._counts()
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Read in one transaction: every query sees the database as of the first."""
+        conn = self._conn()
+        self._query("BEGIN", ())
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def _counts(self) -> TaskCounts:
         by_status = dict.fromkeys(STATUSES, 0)
         for status, n in self._query("SELECT status, SUM(n) FROM task_counts GROUP BY status", ()):
             by_status[status] = n
@@ -137,14 +159,21 @@ class TaskReader:
         for action, status, n in rows:
             by_action.setdefault(action, dict.fromkeys(STATUSES, 0))[status] = n
         now = time.time()
-        (delayed,) = self._query(
-            "SELECT COUNT(*) FROM tasks INDEXED BY tasks_ready WHERE status = 'queued' AND available_at > ?", (now,)
-        )[0]
+        delayed = self._count_queued("available_at > ?", now, COUNT_CAP)
+        if delayed == COUNT_CAP:
+            ready = self._count_queued("available_at <= ?", now, COUNT_CAP)
+            delayed = by_status["queued"] - ready if ready < COUNT_CAP else self._count_queued("available_at > ?", now)
         (first_due,) = self._query(
             "SELECT MIN(available_at) FROM tasks INDEXED BY tasks_ready WHERE status = 'queued'", ()
         )[0]
         oldest_ready_age_s = None if first_due is None or first_due > now else now - first_due
         return TaskCounts(by_status, by_action, delayed, oldest_ready_age_s)
+
+    def _count_queued(self, condition: str, now: float, cap: int = -1) -> int:
+        """Queued tasks whose due time meets ``condition``, counted on their index, up to ``cap`` (-1: all)."""
+        sql = "SELECT COUNT(*) FROM (SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE status = 'queued' AND "
+        count: int = self._query(sql + condition + " LIMIT ?)", (now, cap))[0][0]
+        return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +188,7 @@ class TaskCounts:
     @property
     def ready(self) -> int:
         """Queued and due: waiting for a worker."""
-        return self.by_status["queued"] - self.delayed
+        return max(0, self.by_status["queued"] - self.delayed)
 
 
 def _as_task(row: sqlite3.Row) -> tuple[dict[str, Any], Cursor]:

@@ -57,6 +57,7 @@ import pykka
 from actors.base import Actor
 from actors.db import connect_writer, epoch_now, utc_from_epoch, utc_now
 from actors.messages import (
+    BulkProgress,
     CancelQueued,
     CancelQueuedMatching,
     CancelRunning,
@@ -98,6 +99,8 @@ RETRY_MAX_S = 5.0  # the longest wait between tries while a fault lasts
 SUMMARY_S = 5.0  # while a fault lasts, at most one log line this often
 PRUNE_BATCH = 500  # finished tasks deleted per transaction, with a retention set
 PRUNE_EVERY_S = 60.0  # how often to look for tasks to prune, once none are left
+BULK_BATCH = 1000  # tasks a bulk retry or cancel changes per transaction
+MAX_PRIORITY_SEEKS = 100  # priorities a fetch reads one by one, skipping their tasks that are not due
 Update = tuple[str, tuple[Any, ...]]  # a status update as SQL and parameters
 # A control request's answer, given once its write is committed, and a message to send then.
 # (None: the message sent then answers it.)
@@ -167,6 +170,7 @@ class StoreActor(Actor):
         self._unsaved: list[Update] = []  # status updates rolled back by a fault, to write again
         self._retry_timer: threading.Timer | None = None
         self._fault: Fault | None = None
+        self._faults = 0  # faults so far: a bulk request that meets one ends
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
 
     @property
@@ -359,31 +363,57 @@ class StoreActor(Actor):
         self._answer(message.task_id, message.answer, "deleted" if deleted else None)
 
     def _control_matching(self, message: RetryMatching | CancelQueuedMatching) -> None:
-        """A control request on every task a filter matches, in one statement; answered after the commit."""
+        """A control request on every task a filter matches, ``BULK_BATCH`` tasks at a time.
+
+        Each batch is committed before the next, which the store sends itself behind the writes
+        waiting now, so submits and status updates go on meanwhile. The request is answered after
+        the last batch. A fault on the way ends it: the batches committed before it stay done, and
+        asking again does the rest."""
+        progress = message.progress
+        if progress is None:
+            (upto,) = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()
+            statuses = message.filters.statuses
+            if isinstance(message, CancelQueuedMatching):  # running tasks are the queue's to interrupt
+                statuses = tuple(status for status in statuses if status == "queued")
+            progress = BulkProgress(upto, statuses, None, 0, self._faults)
+        elif progress.faults != self._faults:
+            error = StoreError(f"the store could not write for a while; {progress.done} tasks were changed, ask again")
+            self._not_written(message.reply_to, message, (StoreError, error, None))
+            return
+        if progress.statuses:
+            self.actor_ref.tell(replace(message, progress=self._bulk_batch(message, progress)))
+        elif isinstance(message, RetryMatching):
+            message.answer.set(progress.done)
+        else:
+            running: tuple[str, ...] = ()
+            if "running" in message.filters.statuses:
+                sql, params = replace(message.filters, statuses=("running",)).applied_to("SELECT id FROM tasks")
+                running = tuple(task_id for (task_id,) in self.conn.execute(sql, params))
+            _reply(message.reply_to, MatchingCancelled(progress.done, running, message.answer, written=True))
+
+    def _bulk_batch(self, message: RetryMatching | CancelQueuedMatching, progress: BulkProgress) -> BulkProgress:
+        """Change the next batch of tasks in the first of the statuses left; return the progress after it."""
+        where, params = replace(message.filters, statuses=progress.statuses[:1]).where()
+        where.append("seq <= ?")
+        params.append(progress.upto_seq)
+        if progress.after is not None:
+            where.append("(created_at, seq) > (?, ?)")
+            params.extend(progress.after)
+        sql = "SELECT seq, created_at, priority FROM tasks"
+        sql += " WHERE " + " AND ".join(where) + " ORDER BY created_at, seq LIMIT ?"
         self._begin()
-        match message:
-            case RetryMatching(filters, answer, reply_to):
-                retried = self.conn.execute(
-                    *filters.applied_to(
-                        "UPDATE tasks SET status = 'queued', attempts = 0, result = NULL, error = NULL,"
-                        " started_at = NULL, processed_at = NULL, available_at = ?",
-                        epoch_now(),
-                    )
-                ).rowcount
-                self._answers.append((answer, retried, (reply_to, Requeued(retried))))
-            case CancelQueuedMatching(filters, answer, reply_to):
-                cancelled, running = 0, ()
-                if "queued" in filters.statuses:
-                    queued = replace(filters, statuses=("queued",))
-                    sql = "UPDATE tasks SET status = 'cancelled', processed_at = ?"
-                    cancelled = self.conn.execute(*queued.applied_to(sql, utc_now())).rowcount
-                if "running" in filters.statuses:
-                    rows = self.conn.execute(
-                        *replace(filters, statuses=("running",)).applied_to("SELECT id FROM tasks")
-                    )
-                    running = tuple(task_id for (task_id,) in rows)
-                then = (reply_to, MatchingCancelled(cancelled, running, answer, written=True))
-                self._answers.append((None, None, then))
+        batch = self.conn.execute(sql, (*params, BULK_BATCH)).fetchall()
+        seqs = orjson.dumps([seq for seq, _, _ in batch]).decode()
+        if isinstance(message, RetryMatching):
+            changed = self.conn.execute(RETRY_BATCH, (epoch_now(), seqs)).rowcount
+            if changed:
+                requeued = Requeued(changed, max(priority for _, _, priority in batch))
+                self._answers.append((None, None, (message.reply_to, requeued)))
+        else:
+            changed = self.conn.execute(CANCEL_BATCH, (utc_now(), seqs)).rowcount
+        if len(batch) == BULK_BATCH:
+            return replace(progress, after=(batch[-1][1], batch[-1][0]), done=progress.done + changed)
+        return replace(progress, statuses=progress.statuses[1:], after=None, done=progress.done + changed)
 
     def _control_write(self, sql: str, params: tuple[Any, ...]) -> bool:
         """Write a control request in the open transaction; whether it changed a row.
@@ -426,7 +456,8 @@ class StoreActor(Actor):
                 )
             ]
             self.conn.execute(
-                "DELETE FROM task_errors WHERE task_id IN (SELECT value FROM json_each(?))", (orjson.dumps(deleted),)
+                "DELETE FROM task_errors WHERE task_id IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(deleted).decode(),),
             )
             self._pruned += len(deleted)
             full = len(deleted) == PRUNE_BATCH
@@ -547,12 +578,15 @@ class StoreActor(Actor):
                 answer.set_exception(cannot_write)
             if then is not None:
                 self._not_written(*then, cannot_write)
-        if isinstance(message, CancelQueued | RetryFinished | DeleteTask | RetryMatching):  # failed before its answer
+        if isinstance(message, CancelQueued | RetryFinished | DeleteTask):  # it failed before it had an answer
             message.answer.set_exception(cannot_write)
+        if isinstance(message, CancelRunning):  # its update is kept and written later; its askers hear now
+            for answer in message.answers:
+                answer.set_exception(cannot_write)
         if isinstance(message, CancelQueued):
             _reply(message.reply_to, TaskCancelled(message.task_id, cancelled=False))
-        if isinstance(message, CancelQueuedMatching):
-            self._not_written(message.reply_to, MatchingCancelled(0, (), message.answer, True), cannot_write)
+        if isinstance(message, RetryMatching | CancelQueuedMatching):
+            self._not_written(message.reply_to, message, cannot_write)
         fault = self._note_fault(str(error), len(inserted))
         if isinstance(message, FetchReady):  # nothing fetched: the queue asks again after the backoff
             _reply(message.reply_to, ReadyTasks((), next_due_at=epoch_now() + fault.retry_s))
@@ -562,15 +596,19 @@ class StoreActor(Actor):
 
     @staticmethod
     def _not_written(to: pykka.ActorRef[Any], news: Any, cannot_write: Any) -> None:
-        """Tell the queue, if it waits to hear how a control request ended, that it was not written."""
+        """Tell the asker, and the queue if it waits to hear how a control request ended, that it was
+        not written (``news``: what the queue would have been told, or the request itself)."""
         if isinstance(news, TaskCancelled):
             _reply(to, TaskCancelled(news.task_id, cancelled=False))
-        elif isinstance(news, MatchingCancelled):
+        elif isinstance(news, MatchingCancelled | CancelQueuedMatching):
             news.answer.set_exception(cannot_write)
             _reply(to, MatchingCancelled(0, (), news.answer, written=False))
+        elif isinstance(news, RetryMatching):
+            news.answer.set_exception(cannot_write)
 
     def _note_fault(self, error: str, refused: int) -> Fault:
         """Log a fault when it starts, then at most every SUMMARY_S while it lasts."""
+        self._faults += 1
         now = time.monotonic()
         fault = self._fault
         if fault is None:
@@ -649,22 +687,48 @@ class StoreActor(Actor):
         return count
 
     def _fetch_ready(self, limit: int) -> ReadyTasks:
+        """The first ``limit`` tasks due now, in the order they run, and when the next delayed one is due.
+
+        One priority at a time, each a range of the priority index (priority, then due time), so
+        tasks that are not due yet are skipped by a seek, not read one by one; past
+        ``MAX_PRIORITY_SEEKS`` priorities, the rest is read in one scan."""
         now = epoch_now()
-        rows = self.conn.execute(
-            "SELECT id, action, payload, attempts, priority, available_at FROM tasks INDEXED BY tasks_by_priority"
-            " WHERE status = 'queued' AND available_at <= ? ORDER BY priority DESC, available_at, seq LIMIT ?",
-            (now, limit),
-        ).fetchall()
-        next_due_at = None
-        if len(rows) < limit:
-            next_due_at = self.conn.execute(
-                "SELECT MIN(available_at) FROM tasks INDEXED BY tasks_ready"
-                " WHERE status = 'queued' AND available_at > ?",
-                (now,),
+        rows: list[Any] = []
+        priority = self.conn.execute(
+            "SELECT MAX(priority) FROM tasks INDEXED BY tasks_by_priority WHERE status = 'queued'"
+        ).fetchone()[0]
+        for _ in range(MAX_PRIORITY_SEEKS):
+            if priority is None or len(rows) >= limit:
+                break
+            rows += self.conn.execute(
+                FETCH_READY + " AND priority = ? ORDER BY available_at, seq LIMIT ?", (now, priority, limit - len(rows))
+            ).fetchall()
+            priority = self.conn.execute(
+                "SELECT MAX(priority) FROM tasks INDEXED BY tasks_by_priority WHERE status = 'queued' AND priority < ?",
+                (priority,),
             ).fetchone()[0]
+        else:
+            if priority is not None and len(rows) < limit:
+                rows += self.conn.execute(
+                    FETCH_READY + " AND priority <= ? ORDER BY priority DESC, available_at, seq LIMIT ?",
+                    (now, priority, limit - len(rows)),
+                ).fetchall()
+        next_due_at = self.conn.execute(
+            "SELECT MIN(available_at) FROM tasks INDEXED BY tasks_ready WHERE status = 'queued' AND available_at > ?",
+            (now,),
+        ).fetchone()[0]
         return ReadyTasks(tuple(QueuedTask(*row) for row in rows), next_due_at)
 
 
+RETRY_BATCH = (
+    "UPDATE tasks SET status = 'queued', attempts = 0, result = NULL, error = NULL, started_at = NULL,"
+    " processed_at = NULL, available_at = ? WHERE seq IN (SELECT value FROM json_each(?))"
+)
+CANCEL_BATCH = "UPDATE tasks SET status = 'cancelled', processed_at = ? WHERE seq IN (SELECT value FROM json_each(?))"
+FETCH_READY = (
+    "SELECT id, action, payload, attempts, priority, available_at FROM tasks INDEXED BY tasks_by_priority"
+    " WHERE status = 'queued' AND available_at <= ?"
+)
 RECORD_ERROR = "INSERT INTO task_errors (task_id, attempt, error, failed_at) VALUES (?, ?, ?, ?)"
 
 

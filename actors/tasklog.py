@@ -20,9 +20,14 @@ import logging
 from actors.messages import QueuedTask
 from actors.metrics import Metrics
 
-__all__ = ["TaskReport"]
+__all__ = ["TaskReport", "one_line"]
 
 logger = logging.getLogger("task_queue.tasks")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped, so that what a client sent cannot start a log line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class TaskReport:
@@ -49,11 +54,11 @@ class TaskReport:
         if not self._lines or not logger.isEnabledFor(level):
             return
         duration_ms = round(duration_s * 1000, 3)
-        message = f"task {task.id} {task.action} attempt {attempt} {outcome} in {duration_ms:.1f} ms"
+        message = f"task {task.id} {one_line(task.action)} attempt {attempt} {outcome} in {duration_ms:.1f} ms"
         if retry_in_ms is not None:
             message += f", again in {retry_in_ms} ms"
         if error is not None:
-            message += f": {error}"
+            message += f": {one_line(error)}"
         fields = {
             "task_id": task.id,
             "action": task.action,
@@ -65,8 +70,8 @@ class TaskReport:
         if self._task_data:
             message += f" data={task.payload}"
             fields["data"] = task.payload
-        if trace is not None:
-            message += "\n" + trace.rstrip()
+        if trace is not None:  # indented, so no line of it can pass for a log line of its own
+            message += "".join(f"\n    {line}" for line in trace.rstrip().splitlines())
         logger.log(level, "%s", message, extra={"task": fields})
 
     def _count(self, action: str, outcome: str, duration_s: float) -> None:

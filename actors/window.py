@@ -45,9 +45,9 @@ class ReadyWindow:
         self._size -= 1
         return let_go
 
-    def outranks_lowest(self, task: QueuedTask) -> bool:
-        """Whether ``task`` would run before the last task in the window."""
-        return bool(self._priorities) and task.priority > self._priorities[0]
+    def outranks_lowest(self, priority: int) -> bool:
+        """Whether a task of ``priority`` that is due now would run before the last task in the window."""
+        return bool(self._priorities) and priority > self._priorities[0]
 
     def pop(self) -> QueuedTask:
         """The next task to run."""

@@ -34,7 +34,7 @@ class BulkAction:
                 description=f"only {' or '.join(self._statuses)} tasks can be {self._name}; status must be one of them"
             )
         filters = dataclasses.replace(filters, statuses=filters.statuses or self._statuses)
-        dry_run = req.get_param_as_bool("dry_run", default=False)
+        dry_run = _dry_run(req.get_param("dry_run"))
         if dry_run:
             with readable():
                 count = self._system.reader.count(filters)
@@ -44,6 +44,12 @@ class BulkAction:
             except NotAccepted as e:
                 raise falcon.HTTPServiceUnavailable(description=str(e), retry_after=RETRY_AFTER_S) from None
         resp.media = {"count": count, "dry_run": dry_run}
+
+
+def _dry_run(raw: str | None) -> bool:
+    if raw not in (None, "true", "false"):
+        raise falcon.HTTPBadRequest(description="dry_run must be true or false")
+    return raw == "true"
 
 
 def bulk_actions(system: TaskSystem) -> dict[str, BulkAction]:

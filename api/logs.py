@@ -13,6 +13,7 @@ from typing import Any
 import falcon
 import orjson
 
+from actors.tasklog import one_line
 from conf import LogConfig
 
 __all__ = ["JsonLines", "RequestLog", "configure_logging"]
@@ -60,4 +61,5 @@ class RequestLog:
         duration_ms = round((time.perf_counter() - req.context.started) * 1000, 3)
         status = resp.status_code
         fields = {"method": req.method, "path": req.path, "status": status, "duration_ms": duration_ms}
-        request_logger.info("%s %s %d %.1f ms", req.method, req.path, status, duration_ms, extra={"request": fields})
+        path = one_line(req.path)
+        request_logger.info("%s %s %d %.1f ms", req.method, path, status, duration_ms, extra={"request": fields})

@@ -161,9 +161,13 @@ def parse_submission(document: Any, idempotency_key: str | None = None) -> NewTa
     run_at = _run_at(document)
     payload = orjson.dumps(data).decode()
     digest = None
-    if idempotency_key is not None:  # the request as sent: a delay_ms sent again is the same request
-        request = {key: document.get(key) for key in ("action", "priority", "delay_ms", "run_at")}
-        request["data"] = data
+    if idempotency_key is not None:
+        # The request as sent (a delay_ms sent again is the same request), in the form keys recorded
+        # before priorities and delays existed were hashed in: a default is the same as none.
+        request = {"action": action, "data": data}
+        request |= {key: document[key] for key in ("priority", "delay_ms", "run_at") if document.get(key) is not None}
+        if request.get("priority") == 0:
+            del request["priority"]
         digest = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return NewTask(str(uuid.uuid4()), action, payload, utc_now(), idempotency_key, digest, priority, run_at)
 

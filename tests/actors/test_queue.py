@@ -15,13 +15,17 @@ from actors.db import utc_now
 from actors.messages import (
     Ack,
     Execute,
+    FetchReady,
     InsertTask,
     Inspect,
     MarkRunning,
     Nack,
     NewTask,
+    QueuedTask,
     QueueState,
+    ReadyTasks,
     Submit,
+    Wake,
 )
 from actors.queue import QueueActor, StartWorker
 from actors.worker import WorkerActor
@@ -219,3 +223,34 @@ def test_a_late_answer_to_an_earlier_attempt_is_ignored(store, fake_workers, db_
     queue.tell(Ack(task_id, 2, '{"output": "T1"}'))
     done = wait_until(lambda: (r := row(db_path, task_id))["status"] == "completed" and r, what="completion")
     assert orjson.loads(done["result"]) == {"output": "T1"}
+
+
+def next_of(inbox: stdlib_queue.Queue[Any], kind: type[Any]) -> Any:
+    """The next message of ``kind`` in ``inbox``, skipping others."""
+    while not isinstance(message := receive(inbox, object), kind):
+        pass
+    return message
+
+
+def test_a_wake_during_a_fetch_makes_the_fetched_window_stale_and_fetches_again(fake_workers):
+    start_worker, workers_inbox = fake_workers
+    store_inbox: stdlib_queue.Queue[Any] = stdlib_queue.Queue()
+    store = Recorder.start(store_inbox)
+    queue = QueueActor.start(store, start_worker, settings(window=2, prefetch=1), pool(count=1))
+
+    def task(n: int) -> QueuedTask:
+        return QueuedTask(f"t{n}", "a", "{}", 0)
+
+    next_of(store_inbox, FetchReady)
+    queue.tell(ReadyTasks((task(1), task(2)), None))  # a full window: more may wait in the store
+    assert next_of(workers_inbox, Execute).task.id == "t1"
+    queue.tell(Ack("t1", 1, "{}"))
+    assert next_of(workers_inbox, Execute).task.id == "t2"  # the window is empty now: it fetches
+    next_of(store_inbox, FetchReady)
+    queue.tell(Wake())  # a task of a higher priority is due, after that fetch read the store
+    queue.tell(ReadyTasks((task(3), task(4)), None))  # so this answer is stale
+
+    assert next_of(store_inbox, FetchReady)  # fetched again, at once
+    queue.tell(Ack("t2", 1, "{}"))
+    queue.tell(ReadyTasks((QueuedTask("urgent", "a", "{}", 0, priority=10), task(3)), None))
+    assert next_of(workers_inbox, Execute).task.id == "urgent"

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from falcon import testing
 
+import actors.store
 from tests.api.test_task_control import status_is, submit, task
 from tests.helpers import WriteLockHolder, wait_until
 
@@ -16,6 +17,12 @@ FAILS = {"action": "uppercase", "data": {"text": 5}}  # fails at once: not retri
 @pytest.fixture
 def settings() -> dict[str, dict[str, Any]]:
     return {"workers": {"count": 1}, "store": {"busy_timeout_ms": 200}}
+
+
+@pytest.fixture(autouse=True, params=[1000, 2], ids=["one batch", "batches of 2"])
+def batch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bulk requests work through their tasks a batch at a time: the tests run with batches of 2 too."""
+    monkeypatch.setattr(actors.store, "BULK_BATCH", request.param)
 
 
 def submit_body(client: testing.TestClient, body: dict[str, Any]) -> str:
@@ -58,7 +65,7 @@ def test_bulk_cancel_cancels_queued_and_interrupts_running_tasks_that_match(clie
     queued_b = [submit(client, "b") for _ in range(3)]
     delayed_b = submit_body(client, {"action": "b", "delay_ms": 60_000})
 
-    assert client.simulate_post("/tasks/bulk/cancel", params={"action": "b", "dry_run": "1"}).json["count"] == 4
+    assert client.simulate_post("/tasks/bulk/cancel", params={"action": "b", "dry_run": "true"}).json["count"] == 4
     only_b = client.simulate_post("/tasks/bulk/cancel", params={"action": "b", "status": "queued"})
     assert only_b.json == {"count": 4, "dry_run": False}
     assert all(task(client, task_id)["status"] == "cancelled" for task_id in [*queued_b, delayed_b])

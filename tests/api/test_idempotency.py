@@ -100,3 +100,14 @@ def test_the_length_limit_counts_the_quotes_of_a_quoted_key(client):
     result = client.simulate_post("/tasks", json={"action": "x"}, headers={"Idempotency-Key": quoted})
 
     assert result.status_code == 400
+
+
+def test_defaults_sent_or_left_out_are_the_same_request_and_a_delay_or_priority_another(client):
+    first = post(client, {"action": "uppercase"}, "k")
+    same = post(client, {"action": "uppercase", "data": None, "priority": 0, "delay_ms": None}, "k")
+    assert (same.status_code, same.json["id"]) == (202, first.json["id"])
+
+    assert post(client, {"action": "uppercase", "priority": 1}, "k").status_code == 422
+    assert post(client, {"action": "uppercase", "delay_ms": 10}, "k").status_code == 422
+    delayed = post(client, {"action": "uppercase", "delay_ms": 60_000}, "later")
+    assert post(client, {"action": "uppercase", "delay_ms": 60_000}, "later").json["id"] == delayed.json["id"]
