@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -37,6 +38,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._labelled = set(registered_actions)
         self._others = 0
+        self._of_action: dict[str, ActionMetrics] = {}
         self._lock = threading.Lock()
 
         def counter(name: str, documentation: str, labels: tuple[str, ...] = ("action",)) -> Counter:
@@ -68,6 +70,23 @@ class Metrics:
             registry=self.registry,
         )
 
+    def of_action(self, name: str) -> ActionMetrics:
+        """The metrics labelled with the action called ``name`` (kept, so a task does not look them up)."""
+        label = self.action(name)
+        found = self._of_action.get(label)
+        if found is None:
+            found = self._of_action[label] = ActionMetrics(
+                submitted=self.submitted.labels(label),
+                duration=self.duration.labels(label),
+                outcomes={
+                    "completed": self.completed.labels(label),
+                    "retried": self.retried.labels(label),
+                    "failed": self.failed.labels(label),
+                    "cancelled": self.cancelled.labels(label),
+                },
+            )
+        return found
+
     def action(self, name: str) -> str:
         """The ``action`` label for the action called ``name``."""
         if name in self._labelled:
@@ -82,6 +101,15 @@ class Metrics:
     def add_gauges(self, read: Callable[[], Iterable[Gauge]]) -> None:
         """Add gauges read at each scrape: ``read`` gives (name, help, value, labels) for each."""
         self.registry.register(_GaugesAtScrape(read))
+
+
+@dataclass(frozen=True, slots=True)
+class ActionMetrics:
+    """One action's labelled counters and histogram."""
+
+    submitted: Counter
+    duration: Histogram
+    outcomes: dict[str, Counter]  #: by outcome: completed, retried, failed, cancelled
 
 
 class _GaugesAtScrape(Collector):

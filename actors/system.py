@@ -128,7 +128,7 @@ class TaskSystem:
             with self._waiting_lock:
                 started = self._waiting.pop(task.id)
         if self.metrics is not None and earlier is None:
-            self.metrics.submitted.labels(self.metrics.action(task.action)).inc()
+            self.metrics.of_action(task.action).submitted.inc()
             self.metrics.submit_latency.observe(time.monotonic() - started)
         return earlier
 

@@ -75,14 +75,7 @@ class TaskReport:
         logger.log(level, "%s", message, extra={"task": fields})
 
     def _count(self, action: str, outcome: str, duration_s: float) -> None:
-        metrics = self.metrics
-        assert metrics is not None
-        label = metrics.action(action)
-        counter = {
-            "completed": metrics.completed,
-            "retried": metrics.retried,
-            "failed": metrics.failed,
-            "cancelled": metrics.cancelled,
-        }[outcome]
-        counter.labels(label).inc()
-        metrics.duration.labels(label).observe(duration_s)
+        assert self.metrics is not None
+        of_action = self.metrics.of_action(action)
+        of_action.outcomes[outcome].inc()
+        of_action.duration.observe(duration_s)
