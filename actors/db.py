@@ -149,6 +149,8 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 ON CONFLICT (action, status) DO UPDATE SET n = n + 1;
             END
             """,
+            # The queue's own state that outlives a process: "paused" (POST /queue/pause).
+            "CREATE TABLE queue_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
             """
             CREATE TRIGGER tasks_counted_on_delete AFTER DELETE ON tasks BEGIN
                 UPDATE task_counts SET n = n - 1 WHERE action = OLD.action AND status = OLD.status;

@@ -51,6 +51,7 @@ __all__ = [
     "RetryMatching",
     "RetryTask",
     "RetryWrites",
+    "SavePaused",
     "SetPaused",
     "StoreState",
     "Submit",
@@ -161,9 +162,19 @@ class CancelMatching:
 
 @dataclass(frozen=True, slots=True)
 class SetPaused:
-    """To the queue, by ask: start nothing new while ``paused`` (submits are still committed)."""
+    """To the queue: start nothing new while ``paused`` (submits are still committed), from now on;
+    the queue has the store save it, and the store answers once that is committed."""
 
     paused: bool
+    answer: Future[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class SavePaused:
+    """From the queue, to the store: keep ``paused`` for the next start; answer it after the commit."""
+
+    paused: bool
+    answer: Future[bool]
 
 
 # --- to the QueueActor -----------------------------------------------------------------

@@ -20,11 +20,12 @@ Protocol
               :class:`~actors.messages.MatchingCancelled` (store) -> interrupts the running ones the
                                                        filter matched, answers, dispatches again
               :class:`~actors.messages.Requeued` (store) -> knows more tasks wait in the store
-              :class:`~actors.messages.SetPaused` (edge, by ask) -> dispatches nothing new, or again
+              :class:`~actors.messages.SetPaused` (edge) -> dispatches nothing new, or again; tells the
+                                                       store SavePaused, which answers
               :class:`~actors.messages.Drain` (shutdown, by ask) -> dispatches nothing more
               :class:`~actors.messages.Inspect` (edges, by ask)
     sends     Execute to the workers; MarkRunning, FetchReady, RequeueUnfinished to the store
-    replies   to Drain: the workers, for shutdown to stop; to Inspect: a QueueState; to SetPaused: None
+    replies   to Drain: the workers, for shutdown to stop; to Inspect: a QueueState
 
 The store is the source of truth; this actor holds only a bounded window of ready tasks
 (``window``) and at most ``prefetch`` tasks in flight across the workers. New tasks go
@@ -86,6 +87,7 @@ from actors.messages import (
     Requeued,
     RequeueUnfinished,
     RetryTask,
+    SavePaused,
     SetPaused,
     Submit,
     TaskCancelled,
@@ -141,6 +143,7 @@ class QueueActor(Actor):
         pool: WorkersConfig,
         *,
         report: TaskReport | None = None,
+        paused: bool = False,
     ) -> None:
         super().__init__()
         self._report = report or TaskReport()
@@ -159,7 +162,7 @@ class QueueActor(Actor):
         self._dispatches = 0  # hand-overs so far, numbering them
         self._load = [0] * pool.count  # tasks in flight per worker
         self._draining = False
-        self._paused = False
+        self._paused = paused  # dispatching nothing new: kept by the store across restarts
         self._holding = 0  # bulk cancels waiting for the store: nothing is dispatched meanwhile
         self._unfinished = 0  # committed tasks not yet completed or failed
         self._cancels_asked: Counter[str] = Counter()  # ids the store is cancelling (how many times): not dispatched
@@ -170,6 +173,8 @@ class QueueActor(Actor):
         self._wake_at: float | None = None
 
     def on_start(self) -> None:
+        if self._paused:
+            logger.warning("dispatching is paused, as it was before the restart: POST /queue/resume starts it")
         self._interrupts = [SimpleQueue() for _ in range(self._pool.count)]
         self._workers = [self._start_worker(self.actor_ref, interrupts) for interrupts in self._interrupts]
         self._store.tell(RequeueUnfinished(self._settings.max_attempts, self.actor_ref))
@@ -263,8 +268,9 @@ class QueueActor(Actor):
                     self._ready.remove(task_id)
                 else:
                     self._backlog = True  # not cancelled after all: if it waits, it is in the store
-            case SetPaused(paused):
-                self._paused = paused
+            case SetPaused(paused, answer):
+                self._paused = paused  # from now on; the store keeps it for the next start
+                self._store.tell(SavePaused(paused, answer))
                 logger.info("dispatching %s", "paused" if paused else "resumed")
 
     def _cancel(self, task_id: str, answer: pykka.Future[ControlResult]) -> None:

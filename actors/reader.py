@@ -119,6 +119,11 @@ class TaskReader:
         self._add_errors(tasks)
         return tasks, next_cursor
 
+    def paused(self) -> bool:
+        """Whether dispatching was paused (POST /queue/pause), and not resumed since."""
+        rows = self._query("SELECT value FROM queue_settings WHERE name = 'paused'", ())
+        return bool(rows) and rows[0][0] == "true"
+
     def count(self, filters: TaskFilter) -> int:
         """How many tasks ``filters`` matches."""
         sql, params = filters.applied_to("SELECT COUNT(*) FROM tasks")

@@ -10,6 +10,7 @@ Protocol
               :class:`~actors.messages.RetryFinished` -> after commit: answers, tells ``reply_to`` TasksStored
               :class:`~actors.messages.RetryMatching` -> after commit: answers, tells ``reply_to`` Requeued
               :class:`~actors.messages.CancelQueuedMatching` -> after commit: tells ``reply_to`` MatchingCancelled
+              :class:`~actors.messages.SavePaused`   -> after commit: answers
               :class:`~actors.messages.RequeueUnfinished` -> tells ``reply_to`` Recovered
               :class:`~actors.messages.FetchReady`   -> tells ``reply_to`` ReadyTasks
               :class:`~actors.messages.Flush`        (sent to itself) -> commits
@@ -83,6 +84,7 @@ from actors.messages import (
     RetryMatching,
     RetryTask,
     RetryWrites,
+    SavePaused,
     StoreState,
     TaskCancelled,
     TasksStored,
@@ -103,6 +105,9 @@ BULK_BATCH = 1000  # tasks a bulk retry or cancel changes per transaction
 MAX_PRIORITY_SEEKS = 100  # priorities a fetch reads one by one, skipping their tasks that are not due
 Update = tuple[str, tuple[Any, ...]]  # a status update as SQL and parameters
 # A control request's answer, given once its write is committed, and a message to send then.
+ControlRequest = (
+    CancelQueued | CancelRunning | RetryFinished | DeleteTask | RetryMatching | CancelQueuedMatching | SavePaused
+)
 # (None: the message sent then answers it.)
 Answer = tuple["pykka.Future[Any] | None", Any, "tuple[pykka.ActorRef[Any], Any] | None"]
 # A write that changes nothing but still writes a page, to find out whether a fault has cleared.
@@ -227,6 +232,7 @@ class StoreActor(Actor):
                 | DeleteTask()
                 | RetryMatching()
                 | CancelQueuedMatching()
+                | SavePaused()
             ):
                 self._control(message)
             case RequeueUnfinished(max_attempts, reply_to):
@@ -308,11 +314,16 @@ class StoreActor(Actor):
         self._begin()
         return self.conn.execute(sql, params).rowcount
 
-    def _control(
-        self,
-        message: CancelQueued | CancelRunning | RetryFinished | DeleteTask | RetryMatching | CancelQueuedMatching,
-    ) -> None:
+    def _control(self, message: ControlRequest) -> None:
         match message:
+            case SavePaused(paused, answer):
+                self._begin()
+                self.conn.execute(
+                    "INSERT INTO queue_settings (name, value) VALUES ('paused', ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    ("true" if paused else "false",),
+                )
+                self._answers.append((answer, paused, None))
             case RetryMatching() | CancelQueuedMatching():
                 self._control_matching(message)
             case CancelQueued():
@@ -578,7 +589,7 @@ class StoreActor(Actor):
                 answer.set_exception(cannot_write)
             if then is not None:
                 self._not_written(*then, cannot_write)
-        if isinstance(message, CancelQueued | RetryFinished | DeleteTask):  # it failed before it had an answer
+        if isinstance(message, CancelQueued | RetryFinished | DeleteTask | SavePaused):  # failed before its answer
             message.answer.set_exception(cannot_write)
         if isinstance(message, CancelRunning):  # its update is kept and written later; its askers hear now
             for answer in message.answers:

@@ -212,10 +212,9 @@ class TaskSystem:
 
     def pause(self, paused: bool) -> None:
         """Start nothing new while ``paused`` (submits are still committed), or start again."""
-        try:
-            self.queue.ask(SetPaused(paused), block=True, timeout=CONTROL_TIMEOUT_S)
-        except (pykka.ActorDeadError, pykka.Timeout):
-            raise NotAccepted("the queue does not answer") from None
+        answer: pykka.Future[bool] = pykka.ThreadingFuture()
+        self._tell(self.queue, SetPaused(paused, answer))
+        self._answer(answer)
 
     def _tell(self, ref: pykka.ActorRef[Any], message: Any) -> None:
         if not self.accepting:
@@ -303,11 +302,14 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
     db_path = config.store.path
     lock = DatabaseLock(db_path)
     lock.acquire()
+    reader = TaskReader(db_path)
     try:
         migration = MigrationActor.start(db_path, check=config.store.check_on_start)
         schema_version: int = migration.ask(Migrate(), block=True, timeout=MIGRATION_TIMEOUT_S)
         migration.actor_stopped.wait(MIGRATION_TIMEOUT_S)
+        paused = reader.paused()  # dispatching stays paused across a restart
     except BaseException:
+        reader.close()
         lock.release()
         raise
 
@@ -327,5 +329,5 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         return WorkerActor.start(actions, delay_s, config.workers.task_timeout_s, supervisor, interrupts=interrupts)
 
     report = TaskReport(metrics, lines=config.log.tasks, task_data=config.log.task_data)
-    queue = QueueActor.start(store, start_worker, config.queue, config.workers, report=report)
-    return TaskSystem(config, schema_version, store, queue, TaskReader(db_path), lock, metrics)
+    queue = QueueActor.start(store, start_worker, config.queue, config.workers, report=report, paused=paused)
+    return TaskSystem(config, schema_version, store, queue, reader, lock, metrics)

@@ -510,7 +510,7 @@ def openapi_document(auth: bool) -> dict[str, Any]:
         },
         "/queue/pause": {
             "post": {
-                "summary": "Start no new task (submits are still accepted and committed)",
+                "summary": "Start no new task (submits are still accepted and committed); kept across restarts",
                 "operationId": "pauseQueue",
                 "responses": {"200": _ok("paused", "Paused"), "503": _error("stopping", RETRY_AFTER), **unauthorized},
                 **secured,

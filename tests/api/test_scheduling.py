@@ -68,7 +68,7 @@ def test_priorities_and_delays_hold_through_a_restart(config):
     config = config.replace(workers={"count": 1}, queue={"prefetch": 1})
     system = start_system(config)
     client = testing.TestClient(create_app(system))
-    client.simulate_post("/queue/pause")  # pausing lasts until the restart: nothing runs before it
+    client.simulate_post("/queue/pause")  # nothing runs before the restart, nor after it until resumed
     low = submit(client)
     high = submit(client, priority=3)
     delayed = submit(client, priority=9, delay_ms=1500)
@@ -77,6 +77,9 @@ def test_priorities_and_delays_hold_through_a_restart(config):
     system = start_system(config)
     try:
         client = testing.TestClient(create_app(system))
+        assert client.simulate_get("/health").json["paused"] is True
+        assert client.simulate_get(f"/tasks/{low}").json["status"] == "queued"
+        client.simulate_post("/queue/resume")
         assert started_in_order(client, [low, high, delayed]) == [high, low, delayed]
         task = client.simulate_get(f"/tasks/{delayed}").json
         assert task["started_at"] >= task["run_at"]

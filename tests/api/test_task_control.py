@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from falcon import testing
 
+from actors import start_system
 from actors.actions import registry
-from tests.helpers import busy_for, wait_until
+from api import create_app
+from tests.helpers import WriteLockHolder, busy_for, wait_until
 
 
 @registry.action("runs_long")
@@ -251,3 +253,41 @@ def test_two_cancels_of_one_running_task_both_get_their_answer(client):
 
     assert sorted(answers) in ([200, 200], [200, 409]), "the second may come after the first has ended it"
     assert task(client, task_id)["status"] == "cancelled"
+
+
+def test_a_pause_holds_across_a_restart_and_so_does_a_resume(config, caplog):
+    system = start_system(config)
+    try:
+        assert testing.TestClient(create_app(system)).simulate_post("/queue/pause").json == {"paused": True}
+    finally:
+        system.stop()
+
+    system = start_system(config)
+    try:
+        client = testing.TestClient(create_app(system))
+        assert client.simulate_get("/health").json["paused"] is True
+        task_id = submit(client, "uppercase")
+        assert client.simulate_get("/stats").json["paused"] is True
+        assert task(client, task_id)["status"] == "queued"
+        assert "dispatching is paused, as it was before the restart" in caplog.text
+        client.simulate_post("/queue/resume")
+        wait_until(lambda: status_is(client, task_id, "completed"), what="the task, once resumed")
+    finally:
+        system.stop()
+
+    system = start_system(config)
+    try:
+        assert testing.TestClient(create_app(system)).simulate_get("/health").json["paused"] is False
+    finally:
+        system.stop()
+
+
+def test_a_pause_the_store_cannot_save_is_a_503(client, db_path):
+    lock = WriteLockHolder(db_path)
+    try:
+        refused = client.simulate_post("/queue/pause")
+        assert refused.status_code == 503
+        assert "cannot write" in refused.json["error"]
+    finally:
+        lock.release()
+    assert client.simulate_post("/queue/resume").json == {"paused": False}
