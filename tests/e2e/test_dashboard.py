@@ -392,7 +392,6 @@ def test_the_page_runs_under_its_csp_and_shows_task_data_as_text(
     shot.write_bytes(page.screenshot(full_page=True))  # path= would leave a thread of Playwright's behind
     assert shot.stat().st_size > 20_000, "a screenshot of the page with its data is not a few bytes"
     assert shot.read_bytes().startswith(b"\x89PNG")
-    shutil.copy(shot, "/tmp/dashboard.png")  # to look at after a run
     assert dashboard.problems() == []
 
 
