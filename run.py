@@ -140,7 +140,10 @@ class StopSignal:
             work = threading.Thread(target=self._system.stop_work, args=(self.time_left() - 1,), name="stop-work")
             work.start()
             if not self._server.close_connections_when_answered(max(0.1, self.time_left() - 1), meanwhile=work):
-                logger.warning("connections still busy at the stop's deadline are cut off")
+                if work.is_alive():
+                    logger.warning("tasks still running at the stop's deadline stay running and run after a restart")
+                else:
+                    logger.warning("connections still busy at the stop's deadline are cut off")
             work.join()
         finally:
             self._server.end_loop()
@@ -161,6 +164,8 @@ class StopSignal:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "" not in sys.path and os.getcwd() not in sys.path:  # the console script: modules of workers.imports
+        sys.path.insert(0, os.getcwd())  # are found in the working folder, as with python run.py
     try:
         config = build_config(parse_args(argv))
     except ConfigError as e:

@@ -685,7 +685,9 @@ class StoreActor(Actor):
             (now, max_attempts),
         )
         requeued = self._update(
-            "UPDATE tasks SET status = 'queued', available_at = ? WHERE status = 'running'", (epoch_now(),)
+            # Their due time stays as it was: they run in their turn, before tasks submitted since.
+            "UPDATE tasks SET status = 'queued' WHERE status = 'running'",
+            (),
         )
         self._commit()
         if failed or requeued:

@@ -188,6 +188,7 @@ class WorkerActor(Actor):
 
     def _run(self, task: QueuedTask, dispatch: int) -> Ack | Nack:
         assert self._stopwatch is not None
+        started = time.perf_counter()  # the duration reported counts the simulated work too
         if self._work_delay_s:
             time.sleep(self._work_delay_s)  # the tutorial's simulated work
         action, timeout_s = self._actions.lookup(task.action)
@@ -197,7 +198,6 @@ class WorkerActor(Actor):
             return Nack(task.id, attempt, "cancelled before it ran", retryable=False)
         self._runs += 1
         self._stopwatch.begin(self._runs, task.id, timeout_s, dispatch)
-        started = time.perf_counter()
 
         def failed(error: str, retryable: bool, trace: str | None = None) -> Nack:
             return Nack(task.id, attempt, error, retryable, time.perf_counter() - started, trace)

@@ -16,6 +16,10 @@ class Health:
     def __init__(self, system: TaskSystem) -> None:
         self._system = system
 
+    def on_head(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The same status as GET, without the body: for load balancers that check with HEAD."""
+        self.on_get(req, resp)
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         problem, queue = self._check()
         pending, stalled = self._system.pending_submits

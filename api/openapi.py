@@ -92,6 +92,7 @@ SCHEMAS: dict[str, Any] = {
                 " not with delay_ms)",
             },
         },
+        "additionalProperties": False,
     },
     "Accepted": {
         "type": "object",

@@ -32,6 +32,7 @@ MAX_CURSOR_LENGTH = 200
 MAX_KEY_LENGTH = 255
 PRIORITY_RANGE = range(-(2**31), 2**31)  # a 32-bit integer, as PostgreSQL's integer
 DELAY_MS_RANGE = range(0, 366 * 24 * 3600 * 1000 + 1)  # up to a year
+SUBMISSION_FIELDS = frozenset({"action", "data", "priority", "delay_ms", "run_at"})
 TIME_FORMAT = "{name} must be an ISO 8601 time, such as 2026-12-01T15:00:00Z"
 
 
@@ -143,6 +144,11 @@ def parse_submission(document: Any, idempotency_key: str | None = None) -> NewTa
     """Check a submitted ``{"action", "data"}`` document; raise 400 with the reason if it is wrong."""
     if not isinstance(document, dict):
         raise falcon.HTTPBadRequest(description="action required: the body must be a JSON object")
+    unknown = sorted(set(document) - SUBMISSION_FIELDS)
+    if unknown:  # a misspelled delay_ms or priority would be ignored, and the task run at once
+        raise falcon.HTTPBadRequest(
+            description=f"unknown field {unknown[0][:50]!r}: a task has {', '.join(sorted(SUBMISSION_FIELDS))}"
+        )
     action = document.get("action")
     if not isinstance(action, str) or not action.strip():
         raise falcon.HTTPBadRequest(description="action required: a non-empty string")

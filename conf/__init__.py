@@ -127,15 +127,19 @@ class Config:
             "log.level": self.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
             "log.format": self.log.format in ("text", "json"),
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [f"{name} ({self._value(name)!r})" for name, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"invalid value for {', '.join(bad)}")
+            raise ConfigError(f"invalid value for {', '.join(bad)}: see conf/default.toml, or task-queue --help")
         token = self.server.auth_token
         if token and not all("!" <= c <= "~" for c in token):
             raise ConfigError(
                 "server.auth_token must be printable ASCII without spaces (a blank token would lock every client out;"
                 " leave it empty to turn authentication off)"
             )
+
+    def _value(self, name: str) -> Any:
+        section, key = name.split(".")
+        return getattr(getattr(self, section), key)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """Return a copy with some keys changed: ``config.replace(store={"path": "x.db"})``."""

@@ -138,6 +138,10 @@ def test_unfinished_tasks_are_requeued_unless_they_ran_out_of_attempts(store, db
     assert row(db_path, "task-1")["status"] == "queued"
     assert row(db_path, "task-3")["status"] == "queued"
     assert "interrupted" in row(db_path, "task-2")["error"]
+    store.tell(FetchReady(10, queue))  # the requeued task keeps its turn, before task-3 stored after it
+    while not isinstance(ready := inbox.get(timeout=10), ReadyTasks):
+        pass
+    assert [t.id for t in ready.tasks] == ["task-1", "task-3"]
 
 
 def test_stopping_the_store_commits_what_it_holds(store, db_path):

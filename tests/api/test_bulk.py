@@ -89,12 +89,24 @@ def test_bulk_cancel_cancels_queued_and_interrupts_running_tasks_that_match(clie
         ("/tasks/bulk/cancel", {"status": "failed"}, "only queued or running tasks can be cancelled"),
         ("/tasks/bulk/retry", {"dry_run": "perhaps"}, "dry_run"),
         ("/tasks/bulk/cancel", {"created_after": "yesterday"}, "created_after must be an ISO 8601 time"),
+        ("/tasks/bulk/retry", {"limit": "2"}, "limit: a bulk request applies to every task that matches"),
+        ("/tasks/bulk/cancel", {"cursor": "abc"}, "cursor: a bulk request applies to every task that matches"),
+        ("/tasks/bulk/retry", {"dry_run": ["true", "false"]}, "dry_run must be given once"),
     ],
 )
 def test_a_bad_bulk_request_is_a_400(client, path, params, error):
     result = client.simulate_post(path, params=params)
     assert result.status_code == 400
     assert error in result.json["error"]
+
+
+def test_a_bulk_request_with_a_body_is_a_400_and_changes_nothing(client):
+    failed = submit_body(client, FAILS)
+    finished(client, [failed], "failed")
+    result = client.simulate_post("/tasks/bulk/retry", json={"status": "completed"})
+    assert result.status_code == 400
+    assert "the filter goes in the query string" in result.json["error"]
+    assert task(client, failed)["status"] == "failed"
 
 
 def test_a_bulk_cancel_the_store_cannot_write_is_a_503_and_dispatching_goes_on(client, db_path):

@@ -98,6 +98,8 @@ def test_a_task_with_unusable_data_fails_with_a_clear_error(client):
         (b'{"action": "sum", "data": "x"}', "data must be a JSON object"),
         (b'{"action": "x", "data": ' + b'{"a": ' * 300 + b"1" + b"}" * 301, "nested more than 32 levels"),
         (b"[" * 2000 + b"]" * 2000, "invalid JSON"),
+        (b'{"action": "x", "delay": 5000}', "unknown field 'delay': a task has action, data, delay_ms"),
+        (b'{"action": "x", "prio": 5}', "unknown field 'prio'"),
     ],
 )
 def test_a_bad_submission_is_a_400_with_a_json_error(client, system, body, message):
@@ -225,6 +227,11 @@ def test_the_list_accepts_the_largest_limit(client):
 
 def test_an_unknown_task_is_a_404(client):
     assert_error(client.simulate_get("/tasks/no-such-task"), 404, "task not found")
+
+
+def test_head_health_answers_the_status_without_a_body(client):
+    result = client.simulate_head("/health")
+    assert (result.status_code, result.content) == (200, b"")
 
 
 def test_health_is_200_while_every_actor_runs(client, system):
