@@ -138,6 +138,20 @@
     }
   }
 
+  function showSignOut() {
+    $('sign-out').hidden = !savedToken();
+  }
+
+  $('sign-out').addEventListener('click', () => {
+    try {
+      sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // nothing was kept
+    }
+    showSignOut();
+    askToken('Signed out: enter a token to go on.');
+  });
+
   $('auth-dialog').addEventListener('cancel', (ev) => ev.preventDefault()); // Escape: keep asking
   $('auth-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
@@ -154,6 +168,7 @@
     }
     state.authNeeded = false;
     $('auth-dialog').close();
+    showSignOut();
     refresh();
   });
 
@@ -533,5 +548,6 @@
   document.addEventListener('visibilitychange', () => (document.hidden ? stopTimer() : refresh()));
   $('pause-toggle').disabled = true; // until the pause is known
   updatePager();
+  showSignOut();
   refresh();
 })();

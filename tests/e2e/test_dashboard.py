@@ -342,6 +342,15 @@ def test_the_page_asks_for_the_token_and_refuses_a_wrong_one(
     page.reload()  # the token is kept for the browser tab's session
     expect(page.locator("#count-completed")).to_have_text("1")
     expect(dialog).to_be_hidden()
+
+    page.click("#sign-out")  # forgets the token and asks again
+    expect(dialog).to_be_visible()
+    expect(page.locator("#auth-error")).to_contain_text("Signed out")
+    assert page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+    page.fill("#auth-token", "secret")
+    page.click("#auth-submit")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#sign-out")).to_be_visible()
     assert dashboard.problems(allowed_http_statuses=(401,)) == []
 
 
