@@ -144,11 +144,11 @@ class RetryMatching:
 class BulkProgress:
     """How far a bulk request has gone: the store works through its tasks a batch at a time."""
 
-    upto_seq: int  #: tasks stored after the request began are left alone
+    upto_seq: int  #: tasks stored after the request began are left alone (these two say which)
+    upto_created_at: str
     statuses: tuple[str, ...]  #: the statuses still to go through, the current one first
     after: tuple[str, int] | None  #: (created_at, seq) of the last task done in the current status
-    done: int  #: tasks changed so far
-    faults: int  #: the store's count of faults when it began: a fault since then ends the request
+    done: int  #: tasks changed so far, every one of them committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,10 +244,10 @@ class Requeued:
 class MatchingCancelled:
     """From the store, answering :class:`CancelQueuedMatching`."""
 
-    cancelled: int  #: queued tasks now cancelled
+    cancelled: int  #: queued tasks now cancelled (committed, even when ``written`` is False)
     running: tuple[str, ...]  #: the ids of the running tasks the filter matches, for the queue to interrupt
     answer: Future[int]  #: the asker's, for the queue to answer (the store has, if it could not write)
-    written: bool  #: False: the store could not write; nothing was cancelled
+    written: bool  #: False: the store could not go on (a fault, or it stopped); the asker has been told
 
 
 @dataclass(frozen=True, slots=True)

@@ -249,8 +249,8 @@ class QueueActor(Actor):
             case MatchingCancelled(cancelled, running, answer, written):
                 self._holding -= 1
                 self._refetch()  # the window may hold tasks the store has cancelled
-                if written:
-                    self._unfinished -= cancelled
+                self._unfinished -= cancelled
+                if written:  # else the store has told the asker why it stopped
                     answer.set(cancelled + sum(self._interrupt(task_id) for task_id in running))
             case Requeued(count, top_priority):
                 self._unfinished += count

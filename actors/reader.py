@@ -148,8 +148,8 @@ class TaskReader:
         try:
             yield
         finally:
-            if conn.in_transaction:
-                conn.execute("COMMIT")
+            with contextlib.suppress(sqlite3.Error):  # a read-only transaction: ending it cannot lose anything
+                conn.execute("ROLLBACK")
 
     def _counts(self) -> TaskCounts:
         by_status = dict.fromkeys(STATUSES, 0)

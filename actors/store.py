@@ -175,7 +175,7 @@ class StoreActor(Actor):
         self._unsaved: list[Update] = []  # status updates rolled back by a fault, to write again
         self._retry_timer: threading.Timer | None = None
         self._fault: Fault | None = None
-        self._faults = 0  # faults so far: a bulk request that meets one ends
+        self._bulk: dict[int, RetryMatching | CancelQueuedMatching] = {}  # bulk requests under way: the next step
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
 
     @property
@@ -199,12 +199,16 @@ class StoreActor(Actor):
             self._abort(e, Flush())
         if self._unsaved:
             logger.error("stopping with %d status updates unsaved; those tasks run again", len(self._unsaved))
+        for pending in list(self._bulk.values()):
+            self._end_bulk(pending, "the service stopped")
         self.conn.close()
 
     def on_failure(self, *exc_info: Any) -> None:
         logger.critical("the store stopped: %s: %s", type(exc_info[1]).__name__, exc_info[1])
         self._refuse(self._inserted + [submit for submit, _ in self._replayed], "the store stopped; not stored")
         self._inserted, self._replayed = [], []
+        for pending in list(self._bulk.values()):
+            self._end_bulk(pending, "the store stopped")
         for timer in (self._retry_timer, self._prune_timer):
             if timer is not None:
                 timer.cancel()
@@ -376,23 +380,22 @@ class StoreActor(Actor):
     def _control_matching(self, message: RetryMatching | CancelQueuedMatching) -> None:
         """A control request on every task a filter matches, ``BULK_BATCH`` tasks at a time.
 
-        Each batch is committed before the next, which the store sends itself behind the writes
-        waiting now, so submits and status updates go on meanwhile. The request is answered after
-        the last batch. A fault on the way ends it: the batches committed before it stay done, and
-        asking again does the rest."""
+        Each batch is committed at once, and the next is a message the store sends itself, behind
+        the writes waiting now, so submits and status updates go on meanwhile. The request is
+        answered after the last batch. A fault on the way ends it (``_abort``): the batches done
+        before it stay done, the answer says how many, and asking again does the rest."""
         progress = message.progress
         if progress is None:
             (upto,) = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()
             statuses = message.filters.statuses
             if isinstance(message, CancelQueuedMatching):  # running tasks are the queue's to interrupt
                 statuses = tuple(status for status in statuses if status == "queued")
-            progress = BulkProgress(upto, statuses, None, 0, self._faults)
-        elif progress.faults != self._faults:
-            error = StoreError(f"the store could not write for a while; {progress.done} tasks were changed, ask again")
-            self._not_written(message.reply_to, message, (StoreError, error, None))
-            return
+            progress = BulkProgress(upto, utc_now(), statuses, None, 0)
+        self._bulk.pop(id(message.answer), None)
         if progress.statuses:
-            self.actor_ref.tell(replace(message, progress=self._bulk_batch(message, progress)))
+            next_step = replace(message, progress=self._bulk_batch(message, progress))
+            self._bulk[id(message.answer)] = next_step
+            self.actor_ref.tell(next_step)
         elif isinstance(message, RetryMatching):
             message.answer.set(progress.done)
         else:
@@ -400,13 +403,14 @@ class StoreActor(Actor):
             if "running" in message.filters.statuses:
                 sql, params = replace(message.filters, statuses=("running",)).applied_to("SELECT id FROM tasks")
                 running = tuple(task_id for (task_id,) in self.conn.execute(sql, params))
-            _reply(message.reply_to, MatchingCancelled(progress.done, running, message.answer, written=True))
+            if not _reply(message.reply_to, MatchingCancelled(progress.done, running, message.answer, written=True)):
+                message.answer.set(progress.done)  # the queue has stopped: nothing to interrupt, and no one to answer
 
     def _bulk_batch(self, message: RetryMatching | CancelQueuedMatching, progress: BulkProgress) -> BulkProgress:
-        """Change the next batch of tasks in the first of the statuses left; return the progress after it."""
+        """Change and commit the next batch of tasks in the first of the statuses left; the progress after it."""
         where, params = replace(message.filters, statuses=progress.statuses[:1]).where()
-        where.append("seq <= ?")
-        params.append(progress.upto_seq)
+        where += ["seq <= ?", "created_at <= ?"]
+        params += [progress.upto_seq, progress.upto_created_at]
         if progress.after is not None:
             where.append("(created_at, seq) > (?, ?)")
             params.extend(progress.after)
@@ -422,9 +426,19 @@ class StoreActor(Actor):
                 self._answers.append((None, None, (message.reply_to, requeued)))
         else:
             changed = self.conn.execute(CANCEL_BATCH, (utc_now(), seqs)).rowcount
+        self._commit()  # if it fails, _abort answers with the batches done before this one
         if len(batch) == BULK_BATCH:
             return replace(progress, after=(batch[-1][1], batch[-1][0]), done=progress.done + changed)
         return replace(progress, statuses=progress.statuses[1:], after=None, done=progress.done + changed)
+
+    def _end_bulk(self, message: RetryMatching | CancelQueuedMatching, why: str) -> None:
+        """A bulk request cannot go on: tell its asker (and the queue, for a cancel) how far it got."""
+        self._bulk.pop(id(message.answer), None)
+        done = 0 if message.progress is None else message.progress.done
+        error = StoreError(f"{why}; {done} tasks were changed before, ask again for the rest")
+        message.answer.set_exception((StoreError, error, None))
+        if isinstance(message, CancelQueuedMatching):
+            _reply(message.reply_to, MatchingCancelled(done, (), message.answer, written=False))
 
     def _control_write(self, sql: str, params: tuple[Any, ...]) -> bool:
         """Write a control request in the open transaction; whether it changed a row.
@@ -597,7 +611,7 @@ class StoreActor(Actor):
         if isinstance(message, CancelQueued):
             _reply(message.reply_to, TaskCancelled(message.task_id, cancelled=False))
         if isinstance(message, RetryMatching | CancelQueuedMatching):
-            self._not_written(message.reply_to, message, cannot_write)
+            self._end_bulk(message, "the store cannot write now")
         fault = self._note_fault(str(error), len(inserted))
         if isinstance(message, FetchReady):  # nothing fetched: the queue asks again after the backoff
             _reply(message.reply_to, ReadyTasks((), next_due_at=epoch_now() + fault.retry_s))
@@ -607,19 +621,12 @@ class StoreActor(Actor):
 
     @staticmethod
     def _not_written(to: pykka.ActorRef[Any], news: Any, cannot_write: Any) -> None:
-        """Tell the asker, and the queue if it waits to hear how a control request ended, that it was
-        not written (``news``: what the queue would have been told, or the request itself)."""
+        """Tell the queue, if it waits to hear how a control request ended, that it was not written."""
         if isinstance(news, TaskCancelled):
             _reply(to, TaskCancelled(news.task_id, cancelled=False))
-        elif isinstance(news, MatchingCancelled | CancelQueuedMatching):
-            news.answer.set_exception(cannot_write)
-            _reply(to, MatchingCancelled(0, (), news.answer, written=False))
-        elif isinstance(news, RetryMatching):
-            news.answer.set_exception(cannot_write)
 
     def _note_fault(self, error: str, refused: int) -> Fault:
         """Log a fault when it starts, then at most every SUMMARY_S while it lasts."""
-        self._faults += 1
         now = time.monotonic()
         fault = self._fault
         if fault is None:
@@ -777,10 +784,12 @@ def _file_id(path: str) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
-def _reply(to: pykka.ActorRef[Any], message: Any) -> None:
-    """Tell ``to``, unless it has stopped: a stopping queue must not take the store down with it,
-    since the store still has writes to commit. What the queue misses, a restart recovers."""
+def _reply(to: pykka.ActorRef[Any], message: Any) -> bool:
+    """Tell ``to``, unless it has stopped (then False): a stopping queue must not take the store down
+    with it, since the store still has writes to commit. What the queue misses, a restart recovers."""
     try:
         to.tell(message)
     except pykka.ActorDeadError:
         logger.debug("%s stopped; %s not delivered", to, type(message).__name__)
+        return False
+    return True

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATION_TIMEOUT_S = 60.0
 CONTROL_TIMEOUT_S = 10.0  # how long a control request (cancel, retry, delete) waits for its answer
+BULK_TIMEOUT_S = 120.0  # and a bulk one, which goes 1,000 tasks per transaction
 
 
 class NotAccepted(Exception):
@@ -201,20 +202,24 @@ class TaskSystem:
         how many."""
         answer: pykka.Future[int] = pykka.ThreadingFuture()
         self._tell(self.store, RetryMatching(filters, answer, self.queue))
-        return self._answer(answer)
+        return self._answer(answer, BULK_TIMEOUT_S)
 
     def cancel_matching(self, filters: TaskFilter) -> int:
         """Cancel every queued or running task ``filters`` matches (its statuses are some of those two);
         how many."""
         answer: pykka.Future[int] = pykka.ThreadingFuture()
         self._tell(self.queue, CancelMatching(filters, answer))
-        return self._answer(answer)
+        return self._answer(answer, BULK_TIMEOUT_S)
 
     def pause(self, paused: bool) -> None:
         """Start nothing new while ``paused`` (submits are still committed), or start again."""
         answer: pykka.Future[bool] = pykka.ThreadingFuture()
         self._tell(self.queue, SetPaused(paused, answer))
-        self._answer(answer)
+        try:
+            self._answer(answer)
+        except NotAccepted as e:
+            state = "paused" if paused else "resumed"
+            raise NotAccepted(f"dispatching is {state} now, but it could not be kept for a restart: {e}") from None
 
     def _tell(self, ref: pykka.ActorRef[Any], message: Any) -> None:
         if not self.accepting:
@@ -225,9 +230,9 @@ class TaskSystem:
             raise NotAccepted("the service is stopping") from None
 
     @staticmethod
-    def _answer(answer: pykka.Future[T]) -> T:
+    def _answer(answer: pykka.Future[T], timeout_s: float = CONTROL_TIMEOUT_S) -> T:
         try:
-            return answer.get(timeout=CONTROL_TIMEOUT_S)
+            return answer.get(timeout=timeout_s)
         except pykka.Timeout:
             raise NotAccepted("no answer in time; look the task up before asking again") from None
         except StoreError as e:

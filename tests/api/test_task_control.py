@@ -287,7 +287,7 @@ def test_a_pause_the_store_cannot_save_is_a_503(client, db_path):
     try:
         refused = client.simulate_post("/queue/pause")
         assert refused.status_code == 503
-        assert "cannot write" in refused.json["error"]
+        assert "dispatching is paused now, but it could not be kept for a restart" in refused.json["error"]
     finally:
         lock.release()
     assert client.simulate_post("/queue/resume").json == {"paused": False}
