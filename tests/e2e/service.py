@@ -38,7 +38,11 @@ class Server:
             self.process = subprocess.Popen(
                 [sys.executable, *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=self.env
             )
-        self.url = wait_until(self._ready_line, timeout=timeout, what=f"the ready line of {self.args}").group(1)
+        try:
+            self.url = wait_until(self._ready_line, timeout=timeout, what=f"the ready line of {self.args}").group(1)
+        except BaseException:
+            self.kill()  # a server that never got ready must not outlive the test
+            raise
         self.started_in_s = time.monotonic() - started
         return self
 
