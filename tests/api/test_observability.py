@@ -14,7 +14,7 @@ import actors.metrics
 from actors import start_system
 from actors.actions import registry
 from api import create_app
-from api.logs import JsonLines
+from api.logs import TEXT_FORMAT, JsonLines, TextLines
 from tests.api.test_bulk import FAILS, finished, submit_body
 from tests.helpers import wait_until
 
@@ -150,3 +150,8 @@ def test_the_request_log_has_a_line_per_request(config, caplog):
     assert messages[0].startswith("GET /tasks 200 ")
     assert messages[1].startswith("GET /tasks/nope 404 ")
     assert caplog.records[1].request["status"] == 404
+
+
+def test_text_lines_are_the_standard_format_written_faster():
+    record = logging.LogRecord("task_queue.tasks", logging.INFO, "", 0, "task %s done", ("t1",), None)
+    assert TextLines().format(record) == logging.Formatter(TEXT_FORMAT).format(record)
