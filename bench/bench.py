@@ -213,7 +213,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         rows, task_cpu_us = throughput(workdir, args.seconds, args.connections)
-        rows += observability_cost(task_cpu_us, 1 if args.smoke else 5)
+        rows += observability_cost(task_cpu_us, 1 if args.smoke else 9)
         rows += big_table(workdir, args.rows, 200 if args.smoke else 2000)
         rows += tutorial_pace(workdir, 40 if args.smoke else 200)
 
