@@ -68,6 +68,14 @@ def statuses(db_path: str) -> dict[str, int]:
     return found
 
 
+def cancel_every_queued_task(store: pykka.ActorRef[Any]) -> tuple[MatchingCancelled, pykka.Future[int]]:
+    """Ask ``store`` to cancel every queued task; what it tells the queue (played by the test), and the answer."""
+    queue, inbox = start_recorder()
+    answer: pykka.Future[int] = pykka.ThreadingFuture()
+    store.tell(CancelQueuedMatching(TaskFilter(statuses=("queued",)), answer, queue))
+    return receive(inbox, MatchingCancelled), answer
+
+
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(actors.store, "BULK_BATCH", 100)
@@ -75,24 +83,14 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_bulk_cancel_goes_batch_by_batch_through_tied_times_and_each_task_once(db_path):
     fill(db_path, 350, "queued")
-    store = StoreActor.start(db_path)
-    queue, inbox = start_recorder()
-    answer: pykka.Future[int] = pykka.ThreadingFuture()
-    store.tell(CancelQueuedMatching(TaskFilter(statuses=("queued",)), answer, queue))
-
-    told = receive(inbox, MatchingCancelled)
+    told, _ = cancel_every_queued_task(StoreActor.start(db_path))
     assert (told.cancelled, told.running, told.written) == (350, (), True)
     assert statuses(db_path) == {"cancelled": 350}
 
 
 def test_a_batch_that_cannot_commit_ends_the_request_with_what_was_done(db_path):
     fill(db_path, 350, "queued")
-    store = StoreFailingAtCommit.start(db_path, fail_at=2)  # the second batch's commit
-    queue, inbox = start_recorder()
-    answer: pykka.Future[int] = pykka.ThreadingFuture()
-    store.tell(CancelQueuedMatching(TaskFilter(statuses=("queued",)), answer, queue))
-
-    told = receive(inbox, MatchingCancelled)
+    told, answer = cancel_every_queued_task(StoreFailingAtCommit.start(db_path, fail_at=2))  # the 2nd batch's commit
     assert (told.cancelled, told.written) == (100, False), "the queue hears what was committed"
     with pytest.raises(StoreError, match="100 tasks were changed before, ask again for the rest"):
         answer.get(timeout=10)
