@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 setup(
     name="task-queue",
     version="0.1.0",
-    description="A durable task queue service: a REST API in front of pykka actors, results in SQLite.",
+    description="A durable task queue service: a REST API in front of pykka actors, results in SQLite, or PostgreSQL and RabbitMQ for many instances.",
     python_requires=">=3.11",
     packages=find_packages(include=["actors", "actors.*", "api", "api.*", "conf", "conf.*"]),
     package_data={"conf": ["*.toml"], "api": ["static/*"]},
@@ -14,6 +14,8 @@ setup(
         "waitress>=3.0.1,<3.1",  # api/server.py's graceful stop reaches into its loop
         "orjson>=3.10,<4",
         "prometheus-client>=0.20,<1",
+        "psycopg[binary]>=3.2,<4",  # store.url = "postgresql://...": the distributed mode's store
+        "pika>=1.3,<2",  # queue.url = "amqp://...": the distributed mode's queue
     ],
     extras_require={
         "test": [

@@ -19,7 +19,9 @@ import orjson
 __all__ = [
     "FINISHED",
     "MIGRATIONS",
+    "SQLITE",
     "STATUSES",
+    "Dialect",
     "TaskFilter",
     "connect_reader",
     "connect_writer",
@@ -225,6 +227,44 @@ def connect_reader(path: str) -> sqlite3.Connection:
 
 
 @dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs in the SQL of the engines the store runs on (SQLite or PostgreSQL).
+
+    The statements are written for SQLite's driver (``?`` placeholders); PostgreSQL's connection
+    translates them (:mod:`actors.postgres`). What it cannot translate is here.
+    """
+
+    name: str
+    transient_errors: tuple[type[Exception], ...]  #: a write that failed now and may work later
+    errors: tuple[type[Exception], ...]  #: any error of the database
+    integrity_error: type[Exception]
+    json_lists: bool  #: lists are passed as JSON text and read with json_each (else as arrays)
+    error_order: str  #: the column that orders task_errors as they were written
+    snapshot: str  #: begins a read-only transaction in which every query sees the database as of the first
+
+    def any_of(self, column: str) -> str:
+        """A condition: ``column`` is one of the list passed as the parameter (see :meth:`list_of`)."""
+        if self.json_lists:
+            return f"{column} IN (SELECT value FROM json_each(?))"  # noqa: S608 -- a column name of the code's
+        return f"{column} = ANY(?)"
+
+    def list_of(self, values: list[Any] | tuple[Any, ...]) -> Any:
+        """A list as the parameter of :meth:`any_of`."""
+        return orjson.dumps(list(values)).decode() if self.json_lists else list(values)
+
+
+SQLITE = Dialect(
+    "sqlite",
+    transient_errors=(sqlite3.OperationalError,),  # busy, read-only, disk full, I/O error
+    errors=(sqlite3.Error,),
+    integrity_error=sqlite3.IntegrityError,
+    json_lists=True,
+    error_order="rowid",
+    snapshot="BEGIN",
+)
+
+
+@dataclass(frozen=True, slots=True)
 class TaskFilter:
     """Which tasks a list shows: every condition given must hold."""
 
@@ -233,23 +273,23 @@ class TaskFilter:
     created_after: str | None = None  #: created at or after this time (stored form, UTC)
     created_before: str | None = None  #: created before this time
 
-    def applied_to(self, statement: str, *params: Any) -> tuple[str, list[Any]]:
+    def applied_to(self, statement: str, *params: Any, dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
         """``statement`` (with its ``params``) limited to the tasks this filter matches."""
-        where, filter_params = self.where()
+        where, filter_params = self.where(dialect)
         if where:
             statement += " WHERE " + " AND ".join(where)
         return statement, [*params, *filter_params]
 
-    def where(self) -> tuple[list[str], list[Any]]:
-        """The conditions as SQL, with their parameters (the statuses as one JSON array)."""
+    def where(self, dialect: Dialect = SQLITE) -> tuple[list[str], list[Any]]:
+        """The conditions as SQL, with their parameters."""
         where: list[str] = []
         params: list[Any] = []
         if len(self.statuses) == 1:
             where.append("status = ?")  # uses the (status, created_at) index
             params.append(self.statuses[0])
         elif self.statuses:
-            where.append("status IN (SELECT value FROM json_each(?))")
-            params.append(orjson.dumps(self.statuses).decode())
+            where.append(dialect.any_of("status"))
+            params.append(dialect.list_of(self.statuses))
         for condition, value in (
             ("action = ?", self.action),
             ("created_at >= ?", self.created_after),

@@ -24,26 +24,35 @@ __all__ = [
     "CancelQueuedMatching",
     "CancelRunning",
     "CancelTask",
+    "ClaimTasks",
+    "Claimed",
     "CompleteTask",
     "ControlResult",
     "DeleteTask",
+    "Delivered",
     "Drain",
     "Execute",
     "FailTask",
     "FetchReady",
     "FileMoved",
     "Flush",
+    "FoldCounts",
     "InsertTask",
     "Inspect",
+    "LeaseDue",
+    "Leased",
+    "MarkPublished",
     "MarkRunning",
     "MatchingCancelled",
     "Migrate",
     "Nack",
     "NewTask",
     "Prune",
+    "Published",
     "QueueState",
     "QueuedTask",
     "ReadyTasks",
+    "Receipt",
     "Recovered",
     "RequeueUnfinished",
     "Requeued",
@@ -51,8 +60,11 @@ __all__ = [
     "RetryMatching",
     "RetryTask",
     "RetryWrites",
+    "RoomFor",
     "SavePaused",
     "SetPaused",
+    "Settle",
+    "Settled",
     "StoreState",
     "Submit",
     "TaskCancelled",
@@ -296,6 +308,7 @@ class QueueState:
     worker_restarts: int  #: workers replaced since start
     unfinished: int  #: committed tasks not yet completed or failed (the backlog)
     finished_per_minute: tuple[int, ...] = ()  #: tasks finished in each of the last 60 minutes, oldest first
+    broker_down: str | None = None  #: why there is no connection to RabbitMQ now (distributed mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +451,118 @@ class Prune:
 @dataclass(frozen=True, slots=True)
 class RetryWrites:
     """The store's timer while a fault lasts: write again what it rolled back, or a probe."""
+
+
+# --- the distributed mode: the queue, RabbitMQ and the store ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Where a delivery of RabbitMQ came from, to acknowledge it there."""
+
+    channel: int  #: which connection's channel delivered it (numbered); an older one's cannot be acked
+    tag: int  #: its delivery tag on that channel
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseDue:
+    """The relay's step: take up to ``limit`` tasks due to be published, highest priority first, for a
+    while (other instances skip them meanwhile); reply :class:`Leased`."""
+
+    limit: int
+    reply_to: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """The tasks to publish now, and what the queue learns of the whole cluster on the way."""
+
+    task_ids: tuple[str, ...]
+    lease: float  #: the lease's end, which MarkPublished names
+    next_due_at: float | None  #: when the next task becomes due to publish (None: none waits)
+    unfinished: int | None  #: tasks queued or running, in every instance (None: the store could not read)
+    paused: bool | None  #: whether dispatching is paused (by any instance)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFor:
+    """From the link: how many more tasks RabbitMQ's queue should take now (``queue.window`` less
+    those it holds ready)."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """From the link: RabbitMQ confirmed these tasks (``published``) or did not take them."""
+
+    published: tuple[str, ...]
+    failed: tuple[str, ...]
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPublished:
+    """To the store: these tasks are in RabbitMQ; none is to be published again (unless it became due
+    again since: its lease is no longer ``lease``)."""
+
+    task_ids: tuple[str, ...]
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """From the link: RabbitMQ delivered a task to this instance."""
+
+    task_id: str
+    receipt: Receipt
+    redelivered: bool  #: delivered before (to an instance that died, or that gave it back)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimTasks:
+    """To the store: start these deliveries' tasks if they are still to run; reply :class:`Claimed`.
+
+    A task is claimed when it is queued and due, or running and ``redelivered`` (its instance
+    died: that attempt is recorded as interrupted, and a task out of attempts fails instead)."""
+
+    deliveries: tuple[Delivered, ...]
+    max_attempts: int
+    reply_to: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The claimed tasks (now ``running``, with their attempt counted) with their receipts, and the
+    receipts of the deliveries not to run (finished, cancelled, or run elsewhere): to ack as they are.
+    ``failed``: the store could not write; those deliveries go back to RabbitMQ."""
+
+    tasks: tuple[tuple[QueuedTask, Receipt], ...]
+    skipped: tuple[Receipt, ...]
+    failed: tuple[Receipt, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """To the store: write how a delivered task's attempt ended (if that attempt is still the task's
+    latest), then tell ``reply_to`` :class:`Settled`, so its delivery is acked only once committed."""
+
+    update: CompleteTask | RetryTask | FailTask | CancelRunning
+    attempt: int
+    receipt: Receipt
+    reply_to: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The outcomes of these deliveries are committed: ack them."""
+
+    receipts: tuple[Receipt, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FoldCounts:
+    """The store's timer, on PostgreSQL: fold the count changes into the totals."""
 
 
 # --- to the MigrationActor -------------------------------------------------------------

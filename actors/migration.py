@@ -14,6 +14,10 @@ failing later on some page.
 Each migration runs in its own ``BEGIN IMMEDIATE`` transaction together with the row that
 records its version in ``schema_migrations``, so a failed migration leaves the previous
 version intact, and two processes starting at once apply each migration once.
+
+On PostgreSQL (:class:`~actors.postgres.PostgresEngine`) the migrations are
+:data:`actors.postgres.MIGRATIONS`, applied under an advisory lock: of many instances
+starting at once, one migrates and the others wait, then find them applied.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 from actors.base import Actor
 from actors.db import MIGRATIONS, connect_writer, is_damage, utc_now
+from actors.engine import Engine
 from actors.messages import Migrate
 
 __all__ = ["DatabaseDamaged", "MigrationActor"]
@@ -47,9 +52,10 @@ class DatabaseDamaged(Exception):
 class MigrationActor(Actor):
     """Receives Migrate; replies the schema version; then stops."""
 
-    def __init__(self, db_path: str, migrations: Migrations = MIGRATIONS, check: bool = True) -> None:
+    def __init__(self, database: str | Engine, migrations: Migrations = MIGRATIONS, check: bool = True) -> None:
         super().__init__()
-        self._db_path = db_path
+        self._server = None if isinstance(database, str) or database.dialect.name == "sqlite" else database
+        self._db_path = database if isinstance(database, str) else getattr(database, "path", database.where)
         self._migrations = migrations
         self._check = check
 
@@ -64,6 +70,8 @@ class MigrationActor(Actor):
                 raise TypeError(f"unexpected message {message!r}")
 
     def _migrate(self) -> int:
+        if self._server is not None:
+            return self._migrate_server(self._server)
         try:
             conn = connect_writer(self._db_path)
         except sqlite3.DatabaseError as e:
@@ -84,6 +92,19 @@ class MigrationActor(Actor):
             raise _damaged_or(e, self._db_path) from e
         finally:
             conn.close()
+
+    def _migrate_server(self, engine: Engine) -> int:
+        from actors import postgres  # (psycopg loads only in the distributed mode)
+
+        conn = engine.connect_writer()
+        assert isinstance(conn, postgres.PgConnection)
+        try:
+            version, applied = postgres.migrate(conn, postgres.MIGRATIONS)
+        finally:
+            conn.close()
+        for target in applied:
+            logger.info("applied schema migration %d to %s", target, engine.where)
+        return version
 
     def _apply(self, conn: sqlite3.Connection, version: int, statements: tuple[str, ...]) -> int:
         conn.execute("BEGIN IMMEDIATE")

@@ -177,8 +177,12 @@ class QueueActor(Actor):
             logger.warning("dispatching is paused, as it was before the restart: POST /queue/resume starts it")
         self._interrupts = [SimpleQueue() for _ in range(self._pool.count)]
         self._workers = [self._start_worker(self.actor_ref, interrupts) for interrupts in self._interrupts]
-        self._store.tell(RequeueUnfinished(self._settings.max_attempts, self.actor_ref))
+        self._recover()
         self._dispatch()
+
+    def _recover(self) -> None:
+        """At start: the tasks a previous run left running are queued again; then the window is fetched."""
+        self._store.tell(RequeueUnfinished(self._settings.max_attempts, self.actor_ref))
 
     def on_stop(self) -> None:
         self._cancel_wake()
@@ -224,10 +228,15 @@ class QueueActor(Actor):
                     worker_restarts=self._restart_count,
                     unfinished=self._unfinished,
                     finished_per_minute=self._throughput.per_minute(),
+                    broker_down=self.broker_down(),
                 )
             case _:
                 raise TypeError(f"unexpected message {message!r}")
         self._dispatch()
+        return None
+
+    def broker_down(self) -> str | None:
+        """Why the queue cannot reach its broker now (None: it can, or it has none)."""
         return None
 
     def _submit(self, task: NewTask, committed: CommitSignal) -> None:
@@ -348,7 +357,7 @@ class QueueActor(Actor):
             return
         self._unfinished -= 1
         self._throughput.record()
-        self._store.tell(CompleteTask(answer.task_id, answer.result, utc_now()))
+        self._write_outcome(flight, CompleteTask(answer.task_id, answer.result, utc_now()))
         self._report.finished(flight.task, flight.attempt, "completed", answer.duration_s)
         for asker in self._cancelling.pop(answer.task_id, []):  # it finished before the interrupt reached it
             asker.set(ControlResult("completed", done=False))
@@ -361,21 +370,25 @@ class QueueActor(Actor):
         report = functools.partial(self._report.finished, flight.task, attempt, duration_s=answer.duration_s)
         if task_id in self._cancelling:  # whatever ended it, it was cancelled: not retried
             self._unfinished -= 1
-            self._store.tell(CancelRunning(task_id, error, utc_now(), tuple(self._cancelling.pop(task_id))))
+            self._write_outcome(flight, CancelRunning(task_id, error, utc_now(), tuple(self._cancelling.pop(task_id))))
             report("cancelled", error=error)
             return
         if answer.retryable and attempt < self._settings.max_attempts:
             backoff_ms = min(self._settings.retry_backoff_ms * 2 ** (attempt - 1), self._settings.retry_backoff_max_ms)
             due = epoch_now() + backoff_ms / 1000
-            self._store.tell(RetryTask(task_id, attempt, error, due, utc_now()))
+            self._write_outcome(flight, RetryTask(task_id, attempt, error, due, utc_now()))
             self._backlog = True
             self._schedule_wake(due)
             report("retried", error=error, trace=answer.traceback, retry_in_ms=backoff_ms)
         else:
             self._unfinished -= 1
             self._throughput.record()
-            self._store.tell(FailTask(task_id, attempt, error, utc_now()))
+            self._write_outcome(flight, FailTask(task_id, attempt, error, utc_now()))
             report("failed", error=error, trace=answer.traceback)
+
+    def _write_outcome(self, flight: InFlight, update: CompleteTask | CancelRunning | RetryTask | FailTask) -> None:
+        """Have the store write how a task's attempt ended."""
+        self._store.tell(update)
 
     def _replace_worker(self, worker: pykka.ActorRef[Any], error: str) -> None:
         if worker not in self._workers:
@@ -417,17 +430,28 @@ class QueueActor(Actor):
             return
         while self._ready and len(self._in_flight) < self._settings.prefetch:
             task = self._ready.pop()
-            if task.id in self._cancels_asked:
+            if self._being_cancelled(task.id):
                 continue
             worker = self._load.index(min(self._load))
             self._dispatches += 1
             self._in_flight[task.id] = InFlight(task, worker, task.attempts + 1, self._dispatches)
             self._load[worker] += 1
-            self._store.tell(MarkRunning(task.id, utc_now()))
+            self._mark_running(task)
             try:
                 self._workers[worker].tell(Execute(task, self.actor_ref, self._dispatches))
             except pykka.ActorDeadError:  # it died and its WorkerFailed is still on the way
                 self._replace_worker(self._workers[worker], "it had stopped")
+        self._refill()
+
+    def _being_cancelled(self, task_id: str) -> bool:
+        """Whether the store is cancelling this task of the window (so it is not dispatched)."""
+        return task_id in self._cancels_asked
+
+    def _mark_running(self, task: QueuedTask) -> None:
+        self._store.tell(MarkRunning(task.id, utc_now()))
+
+    def _refill(self) -> None:
+        """Once the window is empty, fetch the next tasks to run from the store, if it may hold some."""
         if not self._ready and self._backlog and not self._fetching:
             self._fetching = True
             self._store.tell(FetchReady(self._settings.window, self.actor_ref))

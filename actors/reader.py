@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from actors.db import STATUSES, TaskFilter, connect_reader, is_damage, utc_from_epoch
+from actors.db import SQLITE, STATUSES, TaskFilter, is_damage, utc_from_epoch
+from actors.engine import Connection, Engine, SqliteEngine
 
 __all__ = ["Cursor", "TaskCounts", "TaskFilter", "TaskReader", "Unreadable"]
 
@@ -43,17 +44,18 @@ class Unreadable(Exception):
 class TaskReader:
     """Reads tasks through one read-only connection per thread."""
 
-    def __init__(self, db_path: str) -> None:
-        self._db_path = db_path
+    def __init__(self, database: str | Engine) -> None:
+        self._engine: Engine = SqliteEngine(database) if isinstance(database, str) else database
+        self._dialect = self._engine.dialect
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[Connection] = []
         self._lock = threading.Lock()
         self.damage: str | None = None  #: set, for good, once a read finds the file damaged
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _conn(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect_reader(self._db_path)
+            conn = self._engine.connect_reader()
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -66,14 +68,25 @@ class TaskReader:
             self._connections.clear()
         self._local = threading.local()
 
-    def _query(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: tuple[Any, ...], *, rows: bool = True) -> list[Any]:
         try:
-            return self._conn().execute(sql, params).fetchall()
-        except sqlite3.Error as e:
-            if is_damage(e):
+            cursor = self._conn().execute(sql, params)
+            return cursor.fetchall() if rows else []
+        except self._dialect.errors as e:
+            if isinstance(e, sqlite3.Error) and is_damage(e):
                 self.damage = f"the database file is damaged ({e})"
                 raise Unreadable(self.damage) from e
+            if self._dialect is not SQLITE:  # the server may have closed it: the next read connects again
+                self._forget_connection()
             raise Unreadable(f"the database cannot be read now ({e})") from e
+
+    def _forget_connection(self) -> None:
+        conn = self._local.__dict__.pop("conn", None)
+        if conn is not None:
+            with self._lock:
+                self._connections.remove(conn)
+            with contextlib.suppress(*self._dialect.errors):
+                conn.close()
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         rows = self._query(SELECT_TASKS + " WHERE id = ?", (task_id,))
@@ -91,9 +104,9 @@ class TaskReader:
             return
         by_id = {task["id"]: task for task in tasks}
         rows = self._query(
-            "SELECT task_id, attempt, error, failed_at FROM task_errors"
-            " WHERE task_id IN (SELECT value FROM json_each(?)) ORDER BY rowid",
-            (orjson.dumps(list(by_id)).decode(),),
+            f"SELECT task_id, attempt, error, failed_at FROM task_errors WHERE {self._dialect.any_of('task_id')}"  # noqa: S608
+            f" ORDER BY {self._dialect.error_order}",
+            (self._dialect.list_of(list(by_id)),),
         )
         for row in rows:
             by_id[row["task_id"]]["errors"].append(
@@ -104,7 +117,7 @@ class TaskReader:
         self, filters: TaskFilter | None = None, limit: int = 100, after: Cursor | None = None
     ) -> tuple[list[dict[str, Any]], Cursor | None]:
         """Newest first; returns the page and the cursor of the next page (None on the last)."""
-        where, params = (filters or TaskFilter()).where()
+        where, params = (filters or TaskFilter()).where(self._dialect)
         if after is not None:
             where.append("(created_at, seq) < (?, ?)")
             params.extend(after)
@@ -126,7 +139,7 @@ class TaskReader:
 
     def count(self, filters: TaskFilter) -> int:
         """How many tasks ``filters`` matches."""
-        sql, params = filters.applied_to("SELECT COUNT(*) FROM tasks")
+        sql, params = filters.applied_to("SELECT COUNT(*) FROM tasks", dialect=self._dialect)
         count: int = self._query(sql, tuple(params))[0][0]
         return count
 
@@ -144,17 +157,17 @@ class TaskReader:
     def _snapshot(self) -> Iterator[None]:
         """Read in one transaction: every query sees the database as of the first."""
         conn = self._conn()
-        self._query("BEGIN", ())
+        self._query(self._dialect.snapshot, (), rows=False)
         try:
             yield
         finally:
-            with contextlib.suppress(sqlite3.Error):  # a read-only transaction: ending it cannot lose anything
+            with contextlib.suppress(*self._dialect.errors):  # a read-only transaction: ending it cannot lose anything
                 conn.execute("ROLLBACK")
 
     def _counts(self) -> TaskCounts:
         by_status = dict.fromkeys(STATUSES, 0)
         for status, n in self._query("SELECT status, SUM(n) FROM task_counts GROUP BY status", ()):
-            by_status[status] = n
+            by_status[status] = int(n)  # (PostgreSQL sums to a decimal)
         by_action: dict[str, dict[str, int]] = {}
         rows = self._query(
             "SELECT action, status, n FROM task_counts WHERE action IN"
@@ -174,11 +187,12 @@ class TaskReader:
         oldest_ready_age_s = None if first_due is None or first_due > now else now - first_due
         return TaskCounts(by_status, by_action, delayed, oldest_ready_age_s)
 
-    def _count_queued(self, condition: str, now: float, cap: int = -1) -> int:
-        """Queued tasks whose due time meets ``condition``, counted on their index, up to ``cap`` (-1: all)."""
+    def _count_queued(self, condition: str, now: float, cap: int | None = None) -> int:
+        """Queued tasks whose due time meets ``condition``, counted on their index, up to ``cap`` (None: all)."""
         sql = "SELECT COUNT(*) FROM (SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE status = 'queued' AND "
-        count: int = self._query(sql + condition + " LIMIT ?)", (now, cap))[0][0]
-        return count
+        if cap is None:
+            return int(self._query(sql + condition + ") AS queued", (now,))[0][0])
+        return int(self._query(sql + condition + " LIMIT ?) AS queued", (now, cap))[0][0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +210,7 @@ class TaskCounts:
         return max(0, self.by_status["queued"] - self.delayed)
 
 
-def _as_task(row: sqlite3.Row) -> tuple[dict[str, Any], Cursor]:
+def _as_task(row: Any) -> tuple[dict[str, Any], Cursor]:
     unreadable: list[str] = []
 
     def text(column: str) -> str | None:

@@ -44,39 +44,46 @@ each commit, and the inserts of that commit are refused), or SQLite finds it dam
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
 import pykka
 
+from actors import pg_sql
 from actors.base import Actor
-from actors.db import connect_writer, epoch_now, utc_from_epoch, utc_now
+from actors.db import epoch_now, utc_from_epoch, utc_now
+from actors.engine import Connection, Engine, SqliteEngine
 from actors.messages import (
     BulkProgress,
     CancelQueued,
     CancelQueuedMatching,
     CancelRunning,
+    Claimed,
+    ClaimTasks,
     CompleteTask,
     ControlResult,
     DeleteTask,
+    Delivered,
     FailTask,
     FetchReady,
     FileMoved,
     Flush,
+    FoldCounts,
     InsertTask,
     Inspect,
+    Leased,
+    LeaseDue,
+    MarkPublished,
     MarkRunning,
     MatchingCancelled,
     NewTask,
     Prune,
     QueuedTask,
     ReadyTasks,
+    Receipt,
     Recovered,
     Requeued,
     RequeueUnfinished,
@@ -85,6 +92,8 @@ from actors.messages import (
     RetryTask,
     RetryWrites,
     SavePaused,
+    Settle,
+    Settled,
     StoreState,
     TaskCancelled,
     TasksStored,
@@ -146,7 +155,7 @@ class StoreActor(Actor):
 
     def __init__(
         self,
-        db_path: str,
+        database: str | Engine,
         synchronous: str = "FULL",
         busy_timeout_ms: int = 2000,
         max_pages: int = 0,
@@ -156,16 +165,16 @@ class StoreActor(Actor):
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
-        self._db_path = db_path
-        self._synchronous = synchronous
-        self._busy_timeout_ms = busy_timeout_ms
-        self._max_pages = max_pages
+        if isinstance(database, str):
+            database = SqliteEngine(database, synchronous, busy_timeout_ms, max_pages)
+        self._engine: Engine = database
+        self._dialect = database.dialect
         self._idempotency_window_s = idempotency_window_s
         self._retention_s = retention_s
         self._metrics = metrics
         self._prune_timer: threading.Timer | None = None
         self._pruned = 0  # tasks deleted by the pruning under way
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Connection | None = None
         self._in_transaction = False
         self._inserted: list[InsertTask] = []  # inserts in the open transaction
         # Submits whose key was used before: the earlier task's id, or None for another request (a conflict).
@@ -176,26 +185,29 @@ class StoreActor(Actor):
         self._retry_timer: threading.Timer | None = None
         self._fault: Fault | None = None
         self._bulk: dict[int, RetryMatching | CancelQueuedMatching] = {}  # bulk requests under way: the next step
-        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._settling: list[tuple[pykka.ActorRef[Any], Receipt]] = []  # deliveries to ack after the commit
+        self._unsettled: list[tuple[pykka.ActorRef[Any], Receipt]] = []  # theirs, after a fault rolled them back
+        self._fold_timer: threading.Timer | None = None
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Connection:
         assert self._conn is not None, "the store is not started"
         return self._conn
 
     def on_start(self) -> None:
-        self._conn = connect_writer(self._db_path, self._synchronous, self._busy_timeout_ms, self._max_pages)
-        self._file_id = _file_id(self._db_path)
+        self._conn = self._engine.connect_writer()
         if self._retention_s:
             self.actor_ref.tell(Prune())
+        if self._dialect.name == "postgresql":
+            self.actor_ref.tell(FoldCounts())
 
     def on_stop(self) -> None:
-        for timer in (self._retry_timer, self._prune_timer):
+        for timer in (self._retry_timer, self._prune_timer, self._fold_timer):
             if timer is not None:
                 timer.cancel()
         try:
             self._commit()
-        except sqlite3.OperationalError as e:
+        except self._dialect.transient_errors as e:
             self._abort(e, Flush())
         if self._unsaved:
             logger.error("stopping with %d status updates unsaved; those tasks run again", len(self._unsaved))
@@ -209,7 +221,7 @@ class StoreActor(Actor):
         self._inserted, self._replayed = [], []
         for pending in list(self._bulk.values()):
             self._end_bulk(pending, "the store stopped")
-        for timer in (self._retry_timer, self._prune_timer):
+        for timer in (self._retry_timer, self._prune_timer, self._fold_timer):
             if timer is not None:
                 timer.cancel()
         if self._conn is not None:
@@ -218,7 +230,7 @@ class StoreActor(Actor):
     def on_receive(self, message: Any) -> Any:
         try:
             return self._handle(message)
-        except sqlite3.OperationalError as e:  # busy, read-only, disk full, I/O error
+        except self._dialect.transient_errors as e:  # busy, read-only, disk full, I/O error, connection lost
             self._abort(e, message)
             return None
 
@@ -245,7 +257,9 @@ class StoreActor(Actor):
             case FetchReady(limit, reply_to):
                 self._commit()
                 _reply(reply_to, self._fetch_ready(limit))
-            case Flush() | RetryWrites() | Prune() | FileMoved():
+            case LeaseDue() | MarkPublished() | ClaimTasks() | Settle():
+                self._distributed(message)
+            case Flush() | RetryWrites() | Prune() | FileMoved() | FoldCounts():
                 self._note_to_self(message)
             case Inspect():
                 return self._state()
@@ -253,7 +267,7 @@ class StoreActor(Actor):
                 raise TypeError(f"unexpected message {message!r}")
         return None
 
-    def _note_to_self(self, message: Flush | RetryWrites | Prune | FileMoved) -> None:
+    def _note_to_self(self, message: Flush | RetryWrites | Prune | FileMoved | FoldCounts) -> None:
         match message:
             case Flush():
                 if self._in_transaction:  # else a fault rolled it back; the retry timer takes over
@@ -264,6 +278,8 @@ class StoreActor(Actor):
                 self._prune()
             case FileMoved():
                 self._stop_for_moved_file()
+            case FoldCounts():
+                self._fold_counts()
 
     def _insert(self, message: InsertTask) -> None:
         task = message.task
@@ -275,26 +291,27 @@ class StoreActor(Actor):
         if task.idempotency_key is not None and self._seen_before(message):
             self._inserted.pop()
             return
-        try:
-            self.conn.execute(
-                "INSERT INTO tasks (id, action, payload, status, attempts, created_at, available_at, priority)"
-                " VALUES (?, ?, ?, 'queued', 0, ?, ?, ?)",
-                (task.id, task.action, task.payload, task.created_at, _due_at(task), task.priority),
-            )
-        except sqlite3.IntegrityError as e:  # only this statement failed; the transaction goes on
-            logger.error("task %s not stored: %s", task.id, e)
+        inserted = self.conn.execute(
+            "INSERT INTO tasks (id, action, payload, status, attempts, created_at, available_at, priority)"
+            " VALUES (?, ?, ?, 'queued', 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (task.id, task.action, task.payload, task.created_at, _due_at(task), task.priority),
+        ).rowcount
+        if not inserted:  # only this statement changed nothing; the transaction goes on
+            logger.error("task %s not stored: its id is taken", task.id)
             self._inserted.remove(message)
             self._refuse([message], "the task was not stored")
             return
         if task.idempotency_key is not None:
             now = epoch_now()
             self.conn.execute(
-                "INSERT OR REPLACE INTO idempotency_keys (key, request_hash, task_id, created_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO idempotency_keys (key, request_hash, task_id, created_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET request_hash = excluded.request_hash, task_id = excluded.task_id,"
+                " created_at = excluded.created_at",
                 (task.idempotency_key, task.request_hash, task.id, now),
             )
             self.conn.execute(  # forget a few expired keys each time, so the table keeps to the window
-                "DELETE FROM idempotency_keys WHERE rowid IN"
-                " (SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT 10)",
+                "DELETE FROM idempotency_keys WHERE key IN"
+                " (SELECT key FROM idempotency_keys WHERE created_at < ? LIMIT 10)",
                 (now - self._idempotency_window_s,),
             )
 
@@ -317,6 +334,71 @@ class StoreActor(Actor):
         self._updates.append((sql, params))
         self._begin()
         return self.conn.execute(sql, params).rowcount
+
+    def _distributed(self, message: LeaseDue | MarkPublished | ClaimTasks | Settle) -> None:
+        """The distributed mode's writes: the relay's leases, claims of deliveries, and their outcomes."""
+        match message:
+            case LeaseDue(limit, reply_to):
+                _reply(reply_to, self._lease_due(limit))
+            case MarkPublished(task_ids, lease):
+                self._update(pg_sql.MARK_PUBLISHED, (self._dialect.list_of(task_ids), lease))
+            case ClaimTasks(deliveries, max_attempts, reply_to):
+                self._claim(deliveries, max_attempts, reply_to)
+            case Settle(update, attempt, receipt, reply_to):
+                if isinstance(update, CancelRunning):
+                    self._cancel_running(update)
+                else:
+                    (sql, params), *more = _status_update(update)
+                    self._update(sql + " AND status = 'running' AND attempts = ?", (*params, attempt))
+                    for sql, params in more:
+                        self._update(sql, params)
+                self._settling.append((reply_to, receipt))
+
+    def _lease_due(self, limit: int) -> Leased:
+        """Lease (and commit) up to ``limit`` tasks due to publish, for the relay; with news of the cluster."""
+        now = epoch_now()
+        lease = now + LEASE_S
+        self._begin()
+        rows = self.conn.execute(pg_sql.LEASE_DUE, (lease, now, limit)).fetchall() if limit > 0 else []
+        next_due_at = self.conn.execute(pg_sql.NEXT_TO_PUBLISH, (now,)).fetchone()[0]
+        paused = self.conn.execute("SELECT value FROM queue_settings WHERE name = 'paused'").fetchone()
+        unfinished = self._count_unfinished()
+        self._commit()
+        task_ids = tuple(task_id for task_id, _, _ in sorted(rows, key=lambda row: (-row[1], row[2])))
+        return Leased(task_ids, lease, next_due_at, unfinished, paused is not None and paused[0] == "true")
+
+    def _claim(self, deliveries: tuple[Delivered, ...], max_attempts: int, reply_to: pykka.ActorRef[Any]) -> None:
+        """Start the deliveries' tasks that are still to run; answer once committed (as Claimed)."""
+        self._begin()
+        now, started_at = epoch_now(), utc_now()
+        claimed: list[tuple[QueuedTask, Receipt]] = []
+        skipped: list[Receipt] = []
+        for delivery in deliveries:
+            found = self.conn.execute(pg_sql.CLAIM_LOCK, (delivery.task_id,)).fetchone()
+            status, attempts, available_at = found if found is not None else (None, 0, 0.0)
+            lost_attempt = status == "running" and delivery.redelivered  # its instance died while it ran
+            if lost_attempt:
+                self.conn.execute(RECORD_ERROR, (delivery.task_id, attempts, LOST_ATTEMPT, started_at))
+                if attempts >= max_attempts:
+                    error = f"interrupted on each of its {attempts} attempts"
+                    sql = "UPDATE tasks SET status = 'failed', error = ?, processed_at = ? WHERE id = ?"
+                    self.conn.execute(sql, (error, started_at, delivery.task_id))
+                    lost_attempt = False
+            if (status == "queued" and available_at <= now) or lost_attempt:
+                row = self.conn.execute(pg_sql.CLAIM, (started_at, delivery.task_id)).fetchone()
+                claimed.append((QueuedTask(delivery.task_id, *row), delivery.receipt))
+            else:
+                skipped.append(delivery.receipt)
+        self._answers.append((None, None, (reply_to, Claimed(tuple(claimed), tuple(skipped)))))
+
+    def _fold_counts(self) -> None:
+        """Fold the count changes into their totals (PostgreSQL), then again after a while."""
+        try:
+            self._begin()
+            self.conn.execute(pg_sql.FOLD_COUNTS)
+            self._commit()
+        finally:
+            self._fold_timer = tell_later(self.actor_ref, FoldCounts(), FOLD_EVERY_S)
 
     def _control(self, message: ControlRequest) -> None:
         match message:
@@ -401,14 +483,15 @@ class StoreActor(Actor):
         else:
             running: tuple[str, ...] = ()
             if "running" in message.filters.statuses:
-                sql, params = replace(message.filters, statuses=("running",)).applied_to("SELECT id FROM tasks")
+                running_filter = replace(message.filters, statuses=("running",))
+                sql, params = running_filter.applied_to("SELECT id FROM tasks", dialect=self._dialect)
                 running = tuple(task_id for (task_id,) in self.conn.execute(sql, params))
             if not _reply(message.reply_to, MatchingCancelled(progress.done, running, message.answer, written=True)):
                 message.answer.set(progress.done)  # the queue has stopped: nothing to interrupt, and no one to answer
 
     def _bulk_batch(self, message: RetryMatching | CancelQueuedMatching, progress: BulkProgress) -> BulkProgress:
         """Change and commit the next batch of tasks in the first of the statuses left; the progress after it."""
-        where, params = replace(message.filters, statuses=progress.statuses[:1]).where()
+        where, params = replace(message.filters, statuses=progress.statuses[:1]).where(self._dialect)
         where += ["seq <= ?", "created_at <= ?"]
         params += [progress.upto_seq, progress.upto_created_at]
         if progress.after is not None:
@@ -418,14 +501,14 @@ class StoreActor(Actor):
         sql += " WHERE " + " AND ".join(where) + " ORDER BY created_at, seq LIMIT ?"
         self._begin()
         batch = self.conn.execute(sql, (*params, BULK_BATCH)).fetchall()
-        seqs = orjson.dumps([seq for seq, _, _ in batch]).decode()
+        seqs = self._dialect.list_of([seq for seq, _, _ in batch])
         if isinstance(message, RetryMatching):
-            changed = self.conn.execute(RETRY_BATCH, (epoch_now(), seqs)).rowcount
+            changed = self.conn.execute(RETRY_BATCH + self._dialect.any_of("seq"), (epoch_now(), seqs)).rowcount
             if changed:
                 requeued = Requeued(changed, max(priority for _, _, priority in batch))
                 self._answers.append((None, None, (message.reply_to, requeued)))
         else:
-            changed = self.conn.execute(CANCEL_BATCH, (utc_now(), seqs)).rowcount
+            changed = self.conn.execute(CANCEL_BATCH + self._dialect.any_of("seq"), (utc_now(), seqs)).rowcount
         self._commit()  # if it fails, _abort answers with the batches done before this one
         if len(batch) == BULK_BATCH:
             return replace(progress, after=(batch[-1][1], batch[-1][0]), done=progress.done + changed)
@@ -481,8 +564,8 @@ class StoreActor(Actor):
                 )
             ]
             self.conn.execute(
-                "DELETE FROM task_errors WHERE task_id IN (SELECT value FROM json_each(?))",
-                (orjson.dumps(deleted).decode(),),
+                "DELETE FROM task_errors WHERE " + self._dialect.any_of("task_id"),  # noqa: S608 -- no input in it
+                (self._dialect.list_of(deleted),),
             )
             self._pruned += len(deleted)
             full = len(deleted) == PRUNE_BATCH
@@ -499,11 +582,11 @@ class StoreActor(Actor):
 
     def _moved(self) -> bool:
         """Whether the file at the database's path is no longer the file this store writes."""
-        return _file_id(self._db_path) != self._file_id
+        return self._engine.moved()
 
     def _stop_for_moved_file(self) -> None:
         raise DatabaseMoved(
-            f"the database file {self._db_path} was deleted or replaced while in use; its last writes went to"
+            f"the database file {self._engine.where} was deleted or replaced while in use; its last writes went to"
             " the file that was there before, and the service stops (a restart opens the file now at the path)"
         )
 
@@ -533,6 +616,8 @@ class StoreActor(Actor):
         self.actor_ref.tell(Flush())
         unsaved, self._unsaved = self._unsaved, []
         self._updates[:0] = unsaved
+        self._settling[:0] = self._unsettled
+        self._unsettled = []
         for sql, params in unsaved:
             self.conn.execute(sql, params)
 
@@ -566,6 +651,8 @@ class StoreActor(Actor):
             stored_by_queue[message.reply_to].append(stored)
         for queue, tasks in stored_by_queue.items():
             _reply(queue, TasksStored(tuple(tasks)))
+        if self._settling:
+            self._settled()
         for message in inserted:
             message.committed.set(None)
         replayed, self._replayed = self._replayed, []
@@ -577,6 +664,15 @@ class StoreActor(Actor):
                 submit.committed.set(earlier_id)
         self._give_answers()
 
+    def _settled(self) -> None:
+        """After a commit: the deliveries whose outcomes it wrote can be acked."""
+        receipts: defaultdict[pykka.ActorRef[Any], list[Receipt]] = defaultdict(list)
+        for queue, receipt in self._settling:
+            receipts[queue].append(receipt)
+        self._settling = []
+        for queue, theirs in receipts.items():
+            _reply(queue, Settled(tuple(theirs)))
+
     def _give_answers(self) -> None:
         """After a commit: answer the control requests it wrote."""
         answers, self._answers = self._answers, []
@@ -586,7 +682,7 @@ class StoreActor(Actor):
             if then is not None:
                 _reply(*then)
 
-    def _abort(self, error: sqlite3.Error, message: Any) -> None:
+    def _abort(self, error: Exception, message: Any) -> None:
         """Roll back: refuse the transaction's inserts, keep its updates to write again later."""
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
@@ -594,6 +690,8 @@ class StoreActor(Actor):
         inserted, self._inserted = self._inserted, []
         self._unsaved += self._updates  # oldest first: _begin puts earlier unsaved ones in front
         self._updates = []
+        self._unsettled += self._settling  # acked once those updates are written
+        self._settling = []
         self._refuse(inserted + [submit for submit, _ in self._replayed], "the store cannot write now; try again")
         self._replayed = []
         cannot_write = (StoreError, StoreError("the store cannot write now; try again"), None)
@@ -602,7 +700,15 @@ class StoreActor(Actor):
             if answer is not None:
                 answer.set_exception(cannot_write)
             if then is not None:
-                self._not_written(*then, cannot_write)
+                self._not_written(*then)
+        fault = self._note_fault(str(error), len(inserted))
+        self._failed(message, cannot_write, fault.retry_s)
+        if self._retry_timer is None:
+            self._retry_timer = tell_later(self.actor_ref, RetryWrites(), fault.retry_s)
+            fault.retry_s = min(RETRY_MAX_S, fault.retry_s * 2)
+
+    def _failed(self, message: Any, cannot_write: Any, retry_s: float) -> None:
+        """Tell whoever waits on ``message``, which a fault interrupted, that it was not done."""
         if isinstance(message, CancelQueued | RetryFinished | DeleteTask | SavePaused):  # failed before its answer
             message.answer.set_exception(cannot_write)
         if isinstance(message, CancelRunning):  # its update is kept and written later; its askers hear now
@@ -612,18 +718,20 @@ class StoreActor(Actor):
             _reply(message.reply_to, TaskCancelled(message.task_id, cancelled=False))
         if isinstance(message, RetryMatching | CancelQueuedMatching):
             self._end_bulk(message, "the store cannot write now")
-        fault = self._note_fault(str(error), len(inserted))
+        if isinstance(message, ClaimTasks):  # the deliveries go back to RabbitMQ
+            _reply(message.reply_to, Claimed((), (), tuple(delivery.receipt for delivery in message.deliveries)))
         if isinstance(message, FetchReady):  # nothing fetched: the queue asks again after the backoff
-            _reply(message.reply_to, ReadyTasks((), next_due_at=epoch_now() + fault.retry_s))
-        if self._retry_timer is None:
-            self._retry_timer = tell_later(self.actor_ref, RetryWrites(), fault.retry_s)
-            fault.retry_s = min(RETRY_MAX_S, fault.retry_s * 2)
+            _reply(message.reply_to, ReadyTasks((), next_due_at=epoch_now() + retry_s))
+        if isinstance(message, LeaseDue):  # nothing leased: the relay tries again after the backoff
+            _reply(message.reply_to, Leased((), 0.0, epoch_now() + retry_s, None, None))
 
     @staticmethod
-    def _not_written(to: pykka.ActorRef[Any], news: Any, cannot_write: Any) -> None:
+    def _not_written(to: pykka.ActorRef[Any], news: Any) -> None:
         """Tell the queue, if it waits to hear how a control request ended, that it was not written."""
         if isinstance(news, TaskCancelled):
             _reply(to, TaskCancelled(news.task_id, cancelled=False))
+        if isinstance(news, Claimed):  # the deliveries go back to RabbitMQ
+            _reply(to, Claimed((), (), tuple(receipt for _, receipt in news.tasks) + news.skipped))
 
     def _note_fault(self, error: str, refused: int) -> Fault:
         """Log a fault when it starts, then at most every SUMMARY_S while it lasts."""
@@ -701,10 +809,10 @@ class StoreActor(Actor):
             logger.warning("recovered tasks left running by a previous run: %d re-queued, %d failed", requeued, failed)
 
     def _count_unfinished(self) -> int:
-        count: int = self.conn.execute(
+        (count,) = self.conn.execute(
             "SELECT COALESCE(SUM(n), 0) FROM task_counts WHERE status IN ('queued', 'running')"
-        ).fetchone()[0]
-        return count
+        ).fetchone()
+        return int(count)  # (PostgreSQL sums to a decimal)
 
     def _fetch_ready(self, limit: int) -> ReadyTasks:
         """The first ``limit`` tasks due now, in the order they run, and when the next delayed one is due.
@@ -742,13 +850,16 @@ class StoreActor(Actor):
 
 RETRY_BATCH = (
     "UPDATE tasks SET status = 'queued', attempts = 0, result = NULL, error = NULL, started_at = NULL,"
-    " processed_at = NULL, available_at = ? WHERE seq IN (SELECT value FROM json_each(?))"
+    " processed_at = NULL, available_at = ? WHERE "
 )
-CANCEL_BATCH = "UPDATE tasks SET status = 'cancelled', processed_at = ? WHERE seq IN (SELECT value FROM json_each(?))"
+CANCEL_BATCH = "UPDATE tasks SET status = 'cancelled', processed_at = ? WHERE "
 FETCH_READY = (
     "SELECT id, action, payload, attempts, priority, available_at FROM tasks INDEXED BY tasks_by_priority"
     " WHERE status = 'queued' AND available_at <= ?"
 )
+LEASE_S = 15.0  # how long the relay of one instance has to publish the tasks it leased, before another may
+FOLD_EVERY_S = 1.0  # how often the store folds the count changes into their totals (PostgreSQL)
+LOST_ATTEMPT = "interrupted: the instance running it stopped"
 RECORD_ERROR = "INSERT INTO task_errors (task_id, attempt, error, failed_at) VALUES (?, ?, ?, ?)"
 
 
@@ -773,15 +884,6 @@ def _due_at(task: NewTask) -> float:
     one priority keep the order they were stored in)."""
     now = epoch_now()
     return now if task.run_at is None else max(task.run_at, now)
-
-
-def _file_id(path: str) -> tuple[int, int] | None:
-    """What the file at ``path`` is: (device, inode), or None if there is none (or it cannot be looked at)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
 
 
 def _reply(to: pykka.ActorRef[Any], message: Any) -> bool:

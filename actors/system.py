@@ -25,6 +25,7 @@ from actors.actions import ActionRegistry, registry
 from actors.commit_signal import CommitSignal
 from actors.db import TaskFilter
 from actors.dblock import DatabaseLock
+from actors.engine import engine_for
 from actors.messages import (
     CancelMatching,
     CancelTask,
@@ -43,7 +44,7 @@ from actors.messages import (
 )
 from actors.metrics import Gauge, Metrics
 from actors.migration import MigrationActor
-from actors.queue import QueueActor, QueueFull, ShuttingDown
+from actors.queue import QueueActor, QueueFull, ShuttingDown, StartWorker
 from actors.reader import TaskReader
 from actors.store import StoreActor, StoreError
 from actors.tasklog import TaskReport
@@ -82,7 +83,7 @@ class TaskSystem:
     store: pykka.ActorRef[Any]
     queue: pykka.ActorRef[Any]
     reader: TaskReader
-    lock: DatabaseLock
+    lock: DatabaseLock | None  #: the SQLite file's (None on PostgreSQL, which many instances share)
     metrics: Metrics | None = None  #: None when metrics are turned off
     accepting: bool = field(default=True)
     _waiting: dict[str, float] = field(default_factory=dict, init=False)  # task id -> when its submit began
@@ -286,7 +287,7 @@ class TaskSystem:
         """Close the readers, then stop the store, which commits the last writes; release the database."""
         self.reader.close()  # before the store: the last connection to close checkpoints the WAL away
         _stop_actor(self.store, timeout)
-        if not self.store.is_alive():  # a store still writing keeps the database for itself
+        if self.lock is not None and not self.store.is_alive():  # a store still writing keeps the database
             self.lock.release()
 
 
@@ -298,32 +299,30 @@ def _stop_actor(ref: pykka.ActorRef[Any], timeout: float) -> None:
 
 
 def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSystem:
-    """Lock the database, migrate it, then start the store, the workers and the queue.
+    """Lock the database (SQLite), migrate it, then start the store, the workers and the queue.
 
-    Raises :class:`~actors.dblock.DatabaseInUse` if another process serves the database.
+    Raises :class:`~actors.dblock.DatabaseInUse` if another process serves the SQLite file.
     """
     for module in config.workers.imports:
         importlib.import_module(module)
-    db_path = config.store.path
-    lock = DatabaseLock(db_path)
-    lock.acquire()
-    reader = TaskReader(db_path)
+    lock = None if config.distributed else DatabaseLock(config.store.path)
+    if lock is not None:
+        lock.acquire()
+    reader = TaskReader(engine_for(config.store))
     try:
-        migration = MigrationActor.start(db_path, check=config.store.check_on_start)
+        migration = MigrationActor.start(engine_for(config.store), check=config.store.check_on_start)
         schema_version: int = migration.ask(Migrate(), block=True, timeout=MIGRATION_TIMEOUT_S)
         migration.actor_stopped.wait(MIGRATION_TIMEOUT_S)
         paused = reader.paused()  # dispatching stays paused across a restart
     except BaseException:
         reader.close()
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
 
     metrics = Metrics(actions.names()) if config.metrics.enabled else None
     store = StoreActor.start(
-        db_path,
-        config.store.synchronous,
-        config.store.busy_timeout_ms,
-        config.store.max_pages,
+        engine_for(config.store),
         idempotency_window_s=config.store.idempotency_window_s,
         retention_s=config.store.retention_s,
         metrics=metrics,
@@ -334,5 +333,25 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         return WorkerActor.start(actions, delay_s, config.workers.task_timeout_s, supervisor, interrupts=interrupts)
 
     report = TaskReport(metrics, lines=config.log.tasks, task_data=config.log.task_data)
-    queue = QueueActor.start(store, start_worker, config.queue, config.workers, report=report, paused=paused)
+    if config.distributed:
+        queue = _start_broker_queue(config, store, start_worker, report, paused)
+    else:
+        queue = QueueActor.start(store, start_worker, config.queue, config.workers, report=report, paused=paused)
     return TaskSystem(config, schema_version, store, queue, reader, lock, metrics)
+
+
+def _start_broker_queue(
+    config: Config, store: pykka.ActorRef[Any], start_worker: StartWorker, report: TaskReport, paused: bool
+) -> pykka.ActorRef[Any]:
+    """The distributed mode's queue, fed by RabbitMQ."""
+    from actors.broker_queue import BrokerQueueActor  # (pika loads only in the distributed mode)
+    from actors.rabbitmq import RabbitLink
+
+    settings = config.queue
+
+    def link(queue: pykka.ActorRef[Any]) -> RabbitLink:
+        return RabbitLink(settings.url, settings.name, settings.prefetch, settings.window, queue)
+
+    return BrokerQueueActor.start(
+        store, start_worker, settings, config.workers, report=report, paused=paused, link=link
+    )

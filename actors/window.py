@@ -57,16 +57,18 @@ class ReadyWindow:
         self._size -= 1
         return task
 
-    def remove(self, task_id: str) -> None:
-        """Let go of the task ``task_id``, if the window holds it."""
+    def remove(self, task_id: str) -> QueuedTask | None:
+        """Let go of the task ``task_id``, if the window holds it; the task, or None."""
         for priority in list(self._priorities):
             tasks = self._by_priority[priority]
             kept = deque(task for task in tasks if task.id != task_id)
             if len(kept) != len(tasks):
+                removed = next(task for task in tasks if task.id == task_id)
                 self._by_priority[priority] = kept
                 self._size -= 1
                 self._forget_if_empty(priority)
-                return
+                return removed
+        return None
 
     def clear(self) -> None:
         self._by_priority.clear()

@@ -44,6 +44,7 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    url: str
     path: str
     synchronous: str
     busy_timeout_ms: int
@@ -55,6 +56,8 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
+    url: str
+    name: str
     prefetch: int
     window: int
     max_attempts: int
@@ -130,12 +133,28 @@ class Config:
         bad = [f"{name} ({self._value(name)!r})" for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid value for {', '.join(bad)}: see conf/default.toml, or task-queue --help")
+        if bool(self.store.url) != bool(self.queue.url):
+            raise ConfigError(
+                "the distributed mode needs both store.url (PostgreSQL) and queue.url (RabbitMQ); leave both"
+                " empty for the embedded mode (SQLite and the in-process queue)"
+            )
+        if self.store.url and not self.store.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"store.url must be a postgresql:// URL, got {self.store.url!r}")
+        if self.queue.url and not self.queue.url.startswith(("amqp://", "amqps://")):
+            raise ConfigError(f"queue.url must be an amqp:// URL, got {self.queue.url!r}")
+        if not self.queue.name:
+            raise ConfigError("queue.name must not be empty")
         token = self.server.auth_token
         if token and not all("!" <= c <= "~" for c in token):
             raise ConfigError(
                 "server.auth_token must be printable ASCII without spaces (a blank token would lock every client out;"
                 " leave it empty to turn authentication off)"
             )
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the store is PostgreSQL and the queue RabbitMQ (else SQLite and the in-process queue)."""
+        return bool(self.store.url)
 
     def _value(self, name: str) -> Any:
         section, key = name.split(".")

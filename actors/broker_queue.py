@@ -1,0 +1,258 @@
+"""BrokerQueueActor: the QueueActor of the distributed mode, fed by RabbitMQ instead of the
+store's window. Many instances, each with its own, share one PostgreSQL and one RabbitMQ.
+
+Protocol (besides the QueueActor's, which it keeps: Submit, acks and nacks, cancels, pause...)
+    receives  :class:`~actors.messages.RoomFor`   (link)  -> tells the store LeaseDue
+              :class:`~actors.messages.Leased`    (store) -> has the link publish them; learns the
+                                                            cluster's unfinished count and pause
+              :class:`~actors.messages.Published` (link)  -> tells the store MarkPublished
+              :class:`~actors.messages.Delivered` (link)  -> kept until a worker is free, then claimed
+              :class:`~actors.messages.Claimed`   (store) -> dispatches them; acks the skipped
+              :class:`~actors.messages.Settled`   (store) -> acks them: their outcomes are committed
+    sends     LeaseDue, MarkPublished, ClaimTasks and Settle to the store; requests to its
+              :class:`~actors.rabbitmq.RabbitLink`
+
+How a task goes:
+
+1. **Stored.** A submit is committed in PostgreSQL before its 202, due to publish at its due time
+   (the outbox column ``publish_after``, kept by a trigger).
+2. **Relayed.** Each instance's relay, one step at a time: ask RabbitMQ how much room its queue has
+   (``queue.window`` less the messages it holds ready), lease that many due tasks in the store
+   (highest priority first, skipping those another instance is leasing), publish them with
+   publisher confirms, and mark them published. A lease that ends unpublished (the instance died,
+   RabbitMQ was down) lets any instance publish them again. The relay steps on new tasks, on the
+   next due time (delays, retries' backoff), after each step that found more waiting, and every
+   ``RELAY_EVERY_S``; on the way it learns the cluster's pause and backlog.
+3. **Delivered and claimed.** RabbitMQ delivers at most ``prefetch`` unacked messages to the
+   instance. As workers are free, the store claims them: a task still queued and due becomes
+   ``running`` with one more attempt; one that is finished, cancelled or running elsewhere is
+   skipped and its delivery acked. A redelivered task found ``running`` was left by an instance
+   that died: that attempt is recorded as interrupted, and the task runs again (or fails, out of
+   attempts).
+4. **Settled.** The outcome is written only if that attempt is still the task's latest (so an
+   attempt overtaken by a redelivery cannot overwrite it), and the delivery is acked once it is
+   committed. A retry is due again after its backoff and goes back through the relay.
+
+Delivery is at least once: a task whose instance dies mid-run runs again elsewhere, and an
+attempt cut off from RabbitMQ may run while its redelivery does; only the latest attempt's
+outcome is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from actors.db import epoch_now, utc_now
+from actors.messages import (
+    CancelMatching,
+    CancelRunning,
+    CancelTask,
+    Claimed,
+    ClaimTasks,
+    CompleteTask,
+    ControlResult,
+    Delivered,
+    FailTask,
+    Leased,
+    LeaseDue,
+    MarkPublished,
+    MatchingCancelled,
+    Published,
+    QueuedTask,
+    Receipt,
+    Requeued,
+    RetryTask,
+    RoomFor,
+    SetPaused,
+    Settle,
+    Settled,
+    TaskCancelled,
+)
+from actors.queue import InFlight, QueueActor
+from actors.rabbitmq import RabbitLink
+
+__all__ = ["BrokerQueueActor", "StartLink"]
+
+logger = logging.getLogger(__name__)
+
+RELAY_EVERY_S = 1.0  # the relay steps at least this often: to publish what other instances left, and learn news
+CLAIM_RETRY_S = 0.5  # a claim the store could not write is tried again after this
+
+StartLink = Callable[[pykka.ActorRef[Any]], RabbitLink]  # the queue -> its link, not started yet
+
+
+class BrokerQueueActor(QueueActor):
+    """A QueueActor whose ready tasks are RabbitMQ's deliveries, claimed in the store."""
+
+    def __init__(self, *args: Any, link: StartLink, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._make_link = link
+        self._link: RabbitLink | None = None
+        self._deliveries: deque[Delivered] = deque()  # delivered and not claimed yet
+        self._claiming: tuple[Delivered, ...] = ()  # the claim under way
+        self._claim_after = 0.0  # monotonic time before which a claim that failed is not tried again
+        self._receipts: dict[str, Receipt] = {}  # claimed tasks (waiting for a worker, or in flight)
+        self._relaying = False  # a relay step is under way
+        self._relay_again = False  # something happened meanwhile that calls for another step
+        self._room = 0  # how many tasks the relay step under way may publish
+        self._more_in_store = False  # the last step filled the room: more tasks may wait to publish
+
+    @property
+    def link(self) -> RabbitLink:
+        assert self._link is not None, "the queue is not started"
+        return self._link
+
+    def broker_down(self) -> str | None:
+        """Why there is no connection to RabbitMQ now (None: there is)."""
+        return None if self._link is None else self._link.down
+
+    def _recover(self) -> None:
+        """Nothing to recover here: RabbitMQ delivers again what an instance left unacked."""
+        self._link = self._make_link(self.actor_ref)
+        self._link.start()
+        self._relay()
+
+    def on_stop(self) -> None:
+        if self._link is not None:
+            self._link.stop()
+        super().on_stop()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        if self._link is not None:
+            self._link.stop()
+        super().on_failure(*exc_info)
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case RoomFor(count):
+                self._room = count
+                self._store.tell(LeaseDue(count, self.actor_ref))
+            case Leased():
+                self._leased(message)
+            case Published(published, failed, lease):
+                if published:
+                    self._store.tell(MarkPublished(published, lease))
+                if failed:
+                    logger.warning("%d tasks not published now; they are published once their lease ends", len(failed))
+                self._relay_done()
+            case Delivered():
+                self._deliveries.append(message)
+            case Claimed(tasks, skipped, failed):
+                self._claimed(tasks, skipped, failed)
+            case Settled(receipts):
+                self.link.ack(receipts)
+                if self._more_in_store:
+                    self._relay()
+            case _:
+                return super().on_receive(message)
+        self._dispatch()
+        return None
+
+    # --- the relay: committed tasks to RabbitMQ -----------------------------------------------
+
+    def _relay(self) -> None:
+        if self._relaying:
+            self._relay_again = True
+            return
+        self._relaying, self._relay_again = True, False
+        self.link.measure_room()
+
+    def _relay_done(self) -> None:
+        self._relaying = False
+        if self._relay_again:
+            self._relay()
+
+    def _leased(self, leased: Leased) -> None:
+        if leased.unfinished is not None:
+            self._unfinished = leased.unfinished
+        if leased.paused is not None and leased.paused != self._paused:
+            self._paused = leased.paused
+            logger.info("dispatching %s by another instance", "paused" if leased.paused else "resumed")
+        next_due_at = math.inf if leased.next_due_at is None else leased.next_due_at
+        self._schedule_wake(min(next_due_at, epoch_now() + RELAY_EVERY_S))
+        self._more_in_store = len(leased.task_ids) >= self._room
+        if leased.task_ids:
+            self.link.publish(leased.task_ids, leased.lease)
+        else:
+            self._relay_done()
+
+    def _take_stored(self, tasks: tuple[QueuedTask, ...]) -> None:
+        now = epoch_now()
+        for task in tasks:
+            if task.available_at > now:
+                self._schedule_wake(task.available_at)
+        if any(task.available_at <= now for task in tasks):
+            self._relay()
+
+    def _wake(self) -> None:
+        self._wake_timer = self._wake_at = None
+        self._relay()
+
+    def _refetch(self) -> None:
+        self._relay()
+
+    def _control(
+        self, message: CancelTask | TaskCancelled | SetPaused | CancelMatching | MatchingCancelled | Requeued
+    ) -> None:
+        if isinstance(message, Requeued):  # due now, in the store: the relay publishes them
+            self._unfinished += message.count
+            self._relay()
+        else:
+            super()._control(message)
+
+    # --- deliveries: claimed, run, settled ------------------------------------------------------
+
+    def _refill(self) -> None:
+        """Claim as many deliveries as there are free places in flight."""
+        if self._claiming or not self._deliveries or self._draining or self._paused or self._holding:
+            return
+        if time.monotonic() < self._claim_after:
+            return
+        free = self._settings.prefetch - len(self._in_flight) - len(self._ready)
+        if free > 0:
+            self._claiming = tuple(self._deliveries.popleft() for _ in range(min(free, len(self._deliveries))))
+            self._store.tell(ClaimTasks(self._claiming, self._settings.max_attempts, self.actor_ref))
+
+    def _claimed(
+        self, tasks: tuple[tuple[QueuedTask, Receipt], ...], skipped: tuple[Receipt, ...], failed: tuple[Receipt, ...]
+    ) -> None:
+        claiming, self._claiming = self._claiming, ()
+        for task, receipt in tasks:
+            self._receipts[task.id] = receipt
+            self._ready.add(task)
+        if skipped:
+            self.link.ack(skipped)
+        if failed:  # the store cannot write now: they wait here (unacked) and are claimed again later
+            self._deliveries.extendleft(reversed(claiming))
+            self._claim_after = time.monotonic() + CLAIM_RETRY_S
+            self._schedule_wake(epoch_now() + CLAIM_RETRY_S)
+
+    def _mark_running(self, task: QueuedTask) -> None:
+        """(Claiming made it running.)"""
+
+    def _being_cancelled(self, task_id: str) -> bool:
+        return False  # the window holds claimed tasks, which the store no longer cancels as queued
+
+    def _write_outcome(self, flight: InFlight, update: CompleteTask | CancelRunning | RetryTask | FailTask) -> None:
+        receipt = self._receipts.pop(flight.task.id)
+        self._store.tell(Settle(update, flight.attempt, receipt, self.actor_ref))
+
+    def _cancel(self, task_id: str, answer: pykka.Future[ControlResult]) -> None:
+        """A task claimed but waiting for a worker (dispatching is paused) ends cancelled without running."""
+        receipt = self._receipts.get(task_id)
+        if receipt is None or task_id in self._in_flight:
+            super()._cancel(task_id, answer)
+            return
+        task = self._ready.remove(task_id)
+        assert task is not None, "a claimed task not in flight waits in the window"
+        del self._receipts[task_id]
+        self._unfinished -= 1
+        cancelled = CancelRunning(task_id, "cancelled before it ran", utc_now(), (answer,))
+        self._store.tell(Settle(cancelled, task.attempts + 1, receipt, self.actor_ref))

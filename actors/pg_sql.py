@@ -1,0 +1,153 @@
+"""PostgreSQL's schema and the distributed mode's statements (plain SQL: no driver is loaded here).
+
+The schema (:data:`MIGRATIONS`) is SQLite's at version 3, with two differences:
+
+- The outbox: ``publish_after`` is when a queued task is next to be handed to RabbitMQ (NULL:
+  it has been, or it is not queued). A trigger sets it from ``available_at`` whenever a task
+  becomes queued or its due time changes, in the transaction that does so, so a task answered
+  202 is always either in RabbitMQ or due to be published (the transactional outbox).
+- Counts: with many writers, counting into one row per (action, status) would make their
+  transactions wait on each other and deadlock. Triggers append changes to
+  ``task_count_changes`` instead (appends never conflict); the view ``task_counts`` adds them
+  to ``task_count_totals``, into which the store folds them now and then.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLAIM", "CLAIM_LOCK", "FOLD_COUNTS", "LEASE_DUE", "MARK_PUBLISHED", "MIGRATIONS", "NEXT_TO_PUBLISH"]
+
+#: The schema, versioned as SQLite's: PostgreSQL starts at version 3, the schema SQLite has
+#: after its migrations 1 to 3. Never edit one that has been released: add the next version.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        3,
+        (
+            """
+            CREATE TABLE tasks (
+                seq           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                id            TEXT    NOT NULL UNIQUE,
+                action        TEXT    NOT NULL,
+                payload       TEXT    NOT NULL,
+                status        TEXT    NOT NULL
+                              CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+                result        TEXT,
+                error         TEXT,
+                attempts      INTEGER NOT NULL DEFAULT 0,
+                created_at    TEXT    NOT NULL,
+                started_at    TEXT,
+                processed_at  TEXT,
+                available_at  DOUBLE PRECISION NOT NULL,
+                priority      INTEGER NOT NULL DEFAULT 0,
+                publish_after DOUBLE PRECISION
+            )
+            """,
+            "CREATE INDEX tasks_by_created ON tasks (created_at, seq)",
+            "CREATE INDEX tasks_by_status_created ON tasks (status, created_at, seq)",
+            "CREATE INDEX tasks_ready ON tasks (available_at, seq) WHERE status = 'queued'",
+            "CREATE INDEX tasks_by_priority ON tasks (priority DESC, available_at, seq) WHERE status = 'queued'",
+            "CREATE INDEX tasks_to_publish ON tasks (publish_after) WHERE publish_after IS NOT NULL",
+            """
+            CREATE FUNCTION task_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                NEW.publish_after := CASE WHEN NEW.status = 'queued' THEN NEW.available_at END;
+                RETURN NEW;
+            END $$
+            """,
+            """
+            CREATE TRIGGER tasks_outbox BEFORE INSERT OR UPDATE OF status, available_at ON tasks
+            FOR EACH ROW EXECUTE FUNCTION task_outbox()
+            """,
+            """
+            CREATE TABLE task_errors (
+                seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                task_id   TEXT    NOT NULL,
+                attempt   INTEGER NOT NULL,
+                error     TEXT    NOT NULL,
+                failed_at TEXT    NOT NULL
+            )
+            """,
+            "CREATE INDEX task_errors_by_task ON task_errors (task_id)",
+            """
+            CREATE TABLE idempotency_keys (
+                key          TEXT PRIMARY KEY,
+                request_hash TEXT NOT NULL,
+                task_id      TEXT NOT NULL,
+                created_at   DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "CREATE INDEX idempotency_keys_by_time ON idempotency_keys (created_at)",
+            "CREATE TABLE queue_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """
+            CREATE TABLE task_count_totals (
+                action TEXT   NOT NULL,
+                status TEXT   NOT NULL,
+                n      BIGINT NOT NULL,
+                PRIMARY KEY (action, status)
+            )
+            """,
+            """
+            CREATE TABLE task_count_changes (
+                seq    BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                action TEXT    NOT NULL,
+                status TEXT    NOT NULL,
+                n      INTEGER NOT NULL
+            )
+            """,
+            """
+            CREATE VIEW task_counts AS
+            SELECT action, status, SUM(n)::BIGINT AS n
+            FROM (SELECT action, status, n FROM task_count_totals
+                  UNION ALL SELECT action, status, n FROM task_count_changes) AS counted
+            GROUP BY action, status HAVING SUM(n) <> 0
+            """,
+            """
+            CREATE FUNCTION task_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP <> 'INSERT' THEN
+                    INSERT INTO task_count_changes (action, status, n) VALUES (OLD.action, OLD.status, -1);
+                END IF;
+                IF TG_OP <> 'DELETE' THEN
+                    INSERT INTO task_count_changes (action, status, n) VALUES (NEW.action, NEW.status, 1);
+                END IF;
+                RETURN NULL;
+            END $$
+            """,
+            "CREATE TRIGGER tasks_counted_on_insert AFTER INSERT ON tasks FOR EACH ROW EXECUTE FUNCTION task_counted()",
+            "CREATE TRIGGER tasks_counted_on_delete AFTER DELETE ON tasks FOR EACH ROW EXECUTE FUNCTION task_counted()",
+            """
+            CREATE TRIGGER tasks_counted_on_update AFTER UPDATE OF status ON tasks
+            FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION task_counted()
+            """,
+        ),
+    ),
+)
+
+#: Folds the count changes into the totals. One instance at a time (the others skip it), so
+#: the totals' rows are never locked in two orders at once.
+FOLD_COUNTS = """
+WITH lock AS (SELECT pg_try_advisory_xact_lock(hashtext('task-queue counts ' || current_schema())) AS taken),
+moved AS (
+    DELETE FROM task_count_changes WHERE (SELECT taken FROM lock) RETURNING action, status, n
+)
+INSERT INTO task_count_totals AS totals (action, status, n)
+SELECT action, status, SUM(n) FROM moved GROUP BY action, status ORDER BY action, status
+ON CONFLICT (action, status) DO UPDATE SET n = totals.n + EXCLUDED.n
+"""
+
+
+#: The relay's lease: queued tasks due to publish, highest priority first, skipping those another
+#: instance is leasing right now. (RETURNING does not keep the order: the store sorts them again.)
+LEASE_DUE = """
+UPDATE tasks SET publish_after = ? WHERE seq IN (
+    SELECT seq FROM tasks WHERE publish_after <= ?
+    ORDER BY priority DESC, publish_after, seq LIMIT ? FOR UPDATE SKIP LOCKED
+) RETURNING id, priority, seq
+"""
+NEXT_TO_PUBLISH = "SELECT MIN(publish_after) FROM tasks WHERE publish_after > ?"
+#: Published: unless the task became due again since (a retry), under a new publish_after.
+MARK_PUBLISHED = "UPDATE tasks SET publish_after = NULL WHERE id = ANY(?) AND publish_after = ?"
+CLAIM_LOCK = "SELECT status, attempts, available_at FROM tasks WHERE id = ? FOR UPDATE"
+CLAIM = (
+    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ? WHERE id = ?"
+    " RETURNING action, payload, attempts - 1, priority, available_at"
+)

@@ -1,0 +1,174 @@
+"""PostgreSQL: the store of the distributed mode (``store.url = "postgresql://..."``).
+
+Many instances share one database. The store's SQL is written for SQLite's driver; a
+:class:`PgConnection` runs it here after a few mechanical changes (``?`` placeholders become
+``%s``, SQLite's ``INDEXED BY`` hints go, ``BEGIN IMMEDIATE`` is a plain ``BEGIN``); what
+cannot be changed so is in the :data:`POSTGRES` dialect.
+
+The schema and the distributed mode's statements are in :mod:`actors.pg_sql`.
+Migrations run under an advisory lock, so instances starting together apply each one once.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import psycopg.errors
+from psycopg import pq
+
+from actors.db import Dialect, utc_now
+from actors.pg_sql import MIGRATIONS
+
+__all__ = ["MIGRATIONS", "POSTGRES", "PgConnection", "PostgresEngine", "Row", "migrate", "safe_url"]
+
+CONNECT_TIMEOUT_S = 5
+
+POSTGRES = Dialect(
+    "postgresql",
+    transient_errors=(
+        psycopg.OperationalError,  # connection lost or refused, server shutting down, deadlock, disk full
+        psycopg.InterfaceError,  # the connection is closed
+        psycopg.errors.ReadOnlySqlTransaction,  # a standby
+    ),
+    errors=(psycopg.Error,),
+    integrity_error=psycopg.IntegrityError,
+    json_lists=False,
+    error_order="seq",
+    snapshot="BEGIN ISOLATION LEVEL REPEATABLE READ",
+)
+
+
+class Row(tuple[Any, ...]):
+    """A row that answers both ``row[0]`` and ``row["name"]``, as sqlite3.Row does."""
+
+    _index: dict[str, int]
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], Row]:
+    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+    row_type = type("Row", (Row,), {"_index": index})
+    return row_type
+
+
+_HINT = re.compile(r"\s+INDEXED BY \w+")
+
+
+@functools.lru_cache(maxsize=512)
+def _translated(sql: str, with_parameters: bool) -> str:
+    """SQLite's form of a statement as PostgreSQL takes it."""
+    if sql == "BEGIN IMMEDIATE":
+        return "BEGIN"
+    sql = _HINT.sub("", sql)
+    return sql.replace("%", "%%").replace("?", "%s") if with_parameters else sql
+
+
+class PgConnection:
+    """A psycopg connection used like sqlite3's: ``execute`` with ``?`` placeholders, explicit
+    ``BEGIN``/``COMMIT``. A connection that broke (the server restarted, the backend was
+    terminated) is opened again at the next ``BEGIN``; until then, statements fail as the
+    transaction they were in did."""
+
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        self._url = url
+        self._read_only = read_only
+        self._conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        if self._read_only:
+            conn.execute("SET default_transaction_read_only = on")
+            conn.row_factory = _row_factory
+        return conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        broken = self._conn.closed or self._conn.broken
+        if broken and sql in ("BEGIN", "BEGIN IMMEDIATE"):
+            self._conn.close()
+            self._conn = self._connect()
+        elif broken and sql == "ROLLBACK":
+            return None  # the transaction went with the connection
+        if parameters:
+            return self._conn.execute(_translated(sql, True), parameters)
+        return self._conn.execute(_translated(sql, False))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresEngine:
+    """A PostgreSQL database at ``url``, shared by every instance."""
+
+    dialect = POSTGRES
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = safe_url(url)
+
+    def connect_writer(self) -> PgConnection:
+        return PgConnection(self.url)
+
+    def connect_reader(self) -> PgConnection:
+        return PgConnection(self.url, read_only=True)
+
+    def moved(self) -> bool:
+        return False  # a server's database does not move from under its connections
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+_MIGRATION_LOCK = "SELECT pg_advisory_lock(hashtext('task-queue migrations ' || current_schema()))"
+_MIGRATION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('task-queue migrations ' || current_schema()))"
+
+
+def migrate(conn: PgConnection, migrations: tuple[tuple[int, tuple[str, ...]], ...]) -> tuple[int, list[int]]:
+    """Apply the migrations not applied yet, each in its own transaction, holding an advisory lock
+    so that of several instances starting at once, one migrates and the others wait. The version
+    now in force, and the versions applied."""
+    conn.execute(_MIGRATION_LOCK)  # a session's lock: released below, or when the connection closes
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        version, applied = 0, []
+        for target, statements in migrations:
+            conn.execute("BEGIN")
+            try:
+                if not conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (target,)).fetchone():
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (target, utc_now())
+                    )
+                    applied.append(target)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            version = target
+        return version, applied
+    finally:
+        conn.execute(_MIGRATION_UNLOCK)

@@ -1,0 +1,218 @@
+"""RabbitLink: an instance's one connection to RabbitMQ, in the distributed mode (``queue.url``).
+
+pika's connections belong to the thread that opened them, so the link runs its own thread.
+The queue asks it for work by method calls that only hand a request over (through pika's
+``add_callback_threadsafe``, which wakes the thread); what comes back goes to the queue as
+messages:
+
+- ``measure_room()``  -> :class:`~actors.messages.RoomFor`: how many tasks the RabbitMQ queue
+  should take now (``window`` less those it holds ready). The relay publishes no more, so the
+  tasks waiting beyond it stay in PostgreSQL, where priorities order them.
+- ``publish(ids, lease)`` -> :class:`~actors.messages.Published`, once RabbitMQ has confirmed
+  each message (publisher confirms), as persistent messages whose body is the task's id.
+- deliveries -> :class:`~actors.messages.Delivered`, at most ``prefetch`` unacked at a time
+  (``basic.qos``); ``ack(receipts)`` acks them once their outcomes are committed.
+
+The queue is a durable quorum queue with a delivery limit, a guard against a message that
+takes its consumers down every time. If the connection fails, the link logs it once, reconnects
+with a backoff (0.5 s doubling to 5 s) and logs when it is back. Meanwhile publishes fail at
+once (the relay publishes those tasks later), acks are dropped (RabbitMQ delivers those
+messages again, and the store skips them as finished), and nothing is delivered. Deliveries
+of an older connection cannot be acked on a new one; each connection is numbered, and the
+receipts of another are dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from queue import Empty, SimpleQueue
+from typing import Any
+
+import pika
+import pika.exceptions
+import pykka
+from pika.adapters.blocking_connection import BlockingChannel
+
+from actors.messages import Delivered, Published, Receipt, RoomFor
+
+__all__ = ["DELIVERY_LIMIT", "RabbitLink"]
+
+logger = logging.getLogger(__name__)
+
+DELIVERY_LIMIT = 20  # deliveries of one message before RabbitMQ drops it (quorum queues' x-delivery-limit)
+RECONNECT_S = 0.5
+RECONNECT_MAX_S = 5.0
+HEARTBEAT_S = 30
+LINK_ERRORS = (pika.exceptions.AMQPError, OSError)
+PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+
+# A request: the work to do on the channel, and what to tell the queue if there is no channel.
+Request = tuple[Callable[[BlockingChannel], None], Callable[[], None] | None]
+
+
+class RabbitLink:
+    """Publishes, consumes and acks on one RabbitMQ connection, in a thread of its own."""
+
+    def __init__(self, url: str, queue: str, prefetch: int, window: int, owner: pykka.ActorRef[Any]) -> None:
+        self._parameters = pika.URLParameters(url)
+        self._parameters.heartbeat = HEARTBEAT_S
+        self._parameters.connection_attempts = 1
+        self._parameters.socket_timeout = 5
+        self._queue = queue
+        self._prefetch = prefetch
+        self._window = window
+        self._owner = owner
+        self._requests: SimpleQueue[Request] = SimpleQueue()
+        self._connection: pika.BlockingConnection | None = None
+        self._channel_number = 0  # which connection this is, since start
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rabbitmq-link", daemon=True)
+        self.down: str | None = "not connected yet"  #: why there is no connection, while there is none
+        self._failed_before = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the connection (RabbitMQ delivers its unacked messages again) and end the thread."""
+        self._stopping.set()
+        self._wake()
+        self._thread.join(timeout)
+
+    # --- requests, from the queue's thread --------------------------------------------------
+
+    def measure_room(self) -> None:
+        def measure(channel: BlockingChannel) -> None:
+            ready = channel.queue_declare(self._queue, passive=True).method.message_count
+            self._tell(RoomFor(max(0, self._window - ready)))
+
+        self._request(measure, lambda: self._tell(RoomFor(0)))
+
+    def publish(self, task_ids: tuple[str, ...], lease: float) -> None:
+        def publish(channel: BlockingChannel) -> None:
+            done: list[str] = []
+            try:
+                for task_id in task_ids:
+                    channel.basic_publish("", self._queue, task_id.encode(), PERSISTENT, mandatory=True)
+                    done.append(task_id)
+            finally:  # what was not confirmed is published again once its lease ends
+                self._tell(Published(tuple(done), task_ids[len(done) :], lease))
+
+        self._request(publish, lambda: self._tell(Published((), task_ids, lease)))
+
+    def ack(self, receipts: tuple[Receipt, ...]) -> None:
+        def ack(channel: BlockingChannel) -> None:
+            for receipt in receipts:
+                if receipt.channel == self._channel_number:
+                    channel.basic_ack(receipt.tag)
+
+        self._request(ack, None)
+
+    def _request(self, work: Callable[[BlockingChannel], None], refused: Callable[[], None] | None) -> None:
+        if self._connection is None:  # refused at once, rather than kept for a connection that may not come
+            if refused is not None:
+                refused()
+            return
+        self._requests.put((work, refused))
+        self._wake()
+
+    def _wake(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(*LINK_ERRORS):  # closed: the thread refuses the requests itself
+                connection.add_callback_threadsafe(lambda: None)  # process_data_events returns, and serves
+
+    def _tell(self, message: Any) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # the queue stopped: its unacked messages come again
+            self._owner.tell(message)
+
+    # --- the link's thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        wait_s = RECONNECT_S
+        while not self._stopping.is_set():
+            try:
+                self._connect()
+                wait_s = RECONNECT_S
+                self._serve_until_stopped()
+            except LINK_ERRORS as e:
+                self._lost(e)
+                self._stopping.wait(wait_s)
+                wait_s = min(RECONNECT_MAX_S, wait_s * 2)
+        self._close()
+        self._refuse_requests()
+
+    def _connect(self) -> None:
+        connection = pika.BlockingConnection(self._parameters)
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.queue_declare(
+                self._queue,
+                durable=True,
+                arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT},
+            )
+            channel.basic_qos(prefetch_count=self._prefetch)
+        except BaseException:
+            connection.close()
+            raise
+        self._channel_number += 1
+        number = self._channel_number
+
+        def delivered(_: Any, method: Any, __: Any, body: bytes) -> None:
+            self._tell(Delivered(body.decode(), Receipt(number, method.delivery_tag), method.redelivered))
+
+        channel.basic_consume(self._queue, delivered)
+        self._connection = connection
+        if self._failed_before:
+            logger.warning("connected to RabbitMQ again (after: %s)", self.down)
+        self.down = None
+        self._channel = channel
+
+    def _serve_until_stopped(self) -> None:
+        assert self._connection is not None
+        while not self._stopping.is_set():
+            self._connection.process_data_events(time_limit=1)
+            self._serve()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                work, _ = self._requests.get_nowait()
+            except Empty:
+                return
+            work(self._channel)
+
+    def _lost(self, error: BaseException) -> None:
+        """Log the first failure of a connection (or of the first one), then nothing until it is back."""
+        if self.down is None or not self._failed_before:
+            logger.error(
+                "no connection to RabbitMQ (%s: %s); tasks are still accepted into PostgreSQL and published"
+                " once it is back; connecting again every %g to %g s",
+                type(error).__name__,
+                error,
+                RECONNECT_S,
+                RECONNECT_MAX_S,
+            )
+        self._failed_before = True
+        self.down = f"{type(error).__name__}: {error}"
+        self._close()
+        self._refuse_requests()
+
+    def _refuse_requests(self) -> None:
+        while True:
+            try:
+                _, refused = self._requests.get_nowait()
+            except Empty:
+                return
+            if refused is not None:
+                refused()
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(*LINK_ERRORS):
+                connection.close()
