@@ -2,7 +2,8 @@
 store's window. Many instances, each with its own, share one PostgreSQL and one RabbitMQ.
 
 Protocol (besides the QueueActor's, which it keeps: Submit, acks and nacks, cancels, pause...)
-    receives  :class:`~actors.messages.RoomFor`   (link)  -> tells the store LeaseDue
+    receives  :class:`~actors.messages.Connected` (link)  -> relays
+              :class:`~actors.messages.RoomFor`   (link)  -> tells the store LeaseDue
               :class:`~actors.messages.Leased`    (store) -> has the link publish them; learns the
                                                             cluster's unfinished count and pause
               :class:`~actors.messages.Published` (link)  -> tells the store MarkPublished
@@ -57,6 +58,7 @@ from actors.messages import (
     Claimed,
     ClaimTasks,
     CompleteTask,
+    Connected,
     ControlResult,
     Delivered,
     FailTask,
@@ -132,8 +134,10 @@ class BrokerQueueActor(QueueActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case RoomFor(count):
-                self._room = count
-                self._store.tell(LeaseDue(count, self.actor_ref))
+                self._room = 0 if self._paused else count  # (paused: publish nothing, so priorities hold)
+                self._store.tell(LeaseDue(self._room, self.actor_ref))
+            case Connected():
+                self._relay()
             case Leased():
                 self._leased(message)
             case Published(published, failed, lease):
@@ -177,7 +181,7 @@ class BrokerQueueActor(QueueActor):
             logger.info("dispatching %s by another instance", "paused" if leased.paused else "resumed")
         next_due_at = math.inf if leased.next_due_at is None else leased.next_due_at
         self._schedule_wake(min(next_due_at, epoch_now() + RELAY_EVERY_S))
-        self._more_in_store = len(leased.task_ids) >= self._room
+        self._more_in_store = len(leased.task_ids) >= self._room and not self._paused
         if leased.task_ids:
             self.link.publish(leased.task_ids, leased.lease)
         else:

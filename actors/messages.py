@@ -27,6 +27,7 @@ __all__ = [
     "ClaimTasks",
     "Claimed",
     "CompleteTask",
+    "Connected",
     "ControlResult",
     "DeleteTask",
     "Delivered",
@@ -490,6 +491,11 @@ class RoomFor:
     those it holds ready)."""
 
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """From the link: it is connected to RabbitMQ (at start, or again after losing it)."""
 
 
 @dataclass(frozen=True, slots=True)

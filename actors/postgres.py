@@ -75,6 +75,16 @@ def _translated(sql: str, with_parameters: bool) -> str:
     return sql.replace("%", "%%").replace("?", "%s") if with_parameters else sql
 
 
+def _storable(value: Any) -> Any:
+    """``value``, with any NUL character in its text (which PostgreSQL cannot store) as U+FFFD: an id or
+    an action name that holds one matches nothing, and an error message that holds one is still kept."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
+
+
 class PgConnection:
     """A psycopg connection used like sqlite3's: ``execute`` with ``?`` placeholders, explicit
     ``BEGIN``/``COMMIT``. A connection that broke (the server restarted, the backend was
@@ -105,7 +115,7 @@ class PgConnection:
         elif broken and sql == "ROLLBACK":
             return None  # the transaction went with the connection
         if parameters:
-            return self._conn.execute(_translated(sql, True), parameters)
+            return self._conn.execute(_translated(sql, True), [_storable(value) for value in parameters])
         return self._conn.execute(_translated(sql, False))
 
     def close(self) -> None:

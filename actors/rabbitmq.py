@@ -10,6 +10,7 @@ messages:
   tasks waiting beyond it stay in PostgreSQL, where priorities order them.
 - ``publish(ids, lease)`` -> :class:`~actors.messages.Published`, once RabbitMQ has confirmed
   each message (publisher confirms), as persistent messages whose body is the task's id.
+- on connecting (again) -> :class:`~actors.messages.Connected`.
 - deliveries -> :class:`~actors.messages.Delivered`, at most ``prefetch`` unacked at a time
   (``basic.qos``); ``ack(receipts)`` acks them once their outcomes are committed.
 
@@ -36,7 +37,7 @@ import pika.exceptions
 import pykka
 from pika.adapters.blocking_connection import BlockingChannel
 
-from actors.messages import Delivered, Published, Receipt, RoomFor
+from actors.messages import Connected, Delivered, Published, Receipt, RoomFor
 
 __all__ = ["DELIVERY_LIMIT", "RabbitLink"]
 
@@ -171,6 +172,7 @@ class RabbitLink:
             logger.warning("connected to RabbitMQ again (after: %s)", self.down)
         self.down = None
         self._channel = channel
+        self._tell(Connected())
 
     def _serve_until_stopped(self) -> None:
         assert self._connection is not None

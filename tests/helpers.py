@@ -12,7 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import psycopg
+import psycopg.rows
 import pykka
+
+from actors.postgres import PostgresEngine
 
 T = TypeVar("T")
 
@@ -65,14 +69,25 @@ def receive(inbox: queue.Queue[Any], kind: type[T], timeout: float = DEADLINE_S)
     return message
 
 
-def row(db_path: str, task_id: str) -> sqlite3.Row | None:
-    """The task's row, read through a connection of the test's own."""
-    conn = sqlite3.connect(db_path)
+def query(database: str | PostgresEngine, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """The rows of ``sql`` (with ``?`` placeholders; by column name), read through a connection of the
+    test's own: from a SQLite file, or PostgreSQL (an engine, or a postgresql:// URL)."""
+    url = database.url if isinstance(database, PostgresEngine) else database
+    if url.startswith("postgresql://"):
+        with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as pg:
+            return pg.execute(sql.replace("?", "%s"), params).fetchall()  # type: ignore[arg-type]
+    conn = sqlite3.connect(url)
     conn.row_factory = sqlite3.Row
     try:
-        return conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def row(database: str | PostgresEngine, task_id: str) -> Any:
+    """The task's row, read through a connection of the test's own (see :func:`query`)."""
+    rows = query(database, "SELECT * FROM tasks WHERE id = ?", (task_id,))
+    return rows[0] if rows else None
 
 
 LOCK_SCRIPT = """

@@ -11,6 +11,8 @@ import actors.store
 from tests.api.test_task_control import status_is, submit, task
 from tests.helpers import WriteLockHolder, wait_until
 
+pytestmark = pytest.mark.backends("embedded", "distributed")
+
 FAILS = {"action": "uppercase", "data": {"text": 5}}  # fails at once: not retried
 
 
@@ -109,6 +111,7 @@ def test_a_bulk_request_with_a_body_is_a_400_and_changes_nothing(client):
     assert task(client, failed)["status"] == "failed"
 
 
+@pytest.mark.backends("embedded")
 def test_a_bulk_cancel_the_store_cannot_write_is_a_503_and_dispatching_goes_on(client, db_path):
     lock = WriteLockHolder(db_path)
     try:

@@ -17,6 +17,8 @@ from actors.actions import registry
 from actors.jsonvalues import MAX_DEPTH
 from tests.helpers import wait_until
 
+pytestmark = pytest.mark.backends("embedded", "distributed")
+
 JSON = {"Content-Type": "application/json"}
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -130,6 +132,7 @@ def store_raw_row(db_path: str, task_id: str, payload: str, result: str | None =
     conn.close()
 
 
+@pytest.mark.backends("embedded")  # writes SQLite rows by hand
 def test_a_stored_row_nested_250_levels_deep_still_renders_in_lists_and_alone(client, db_path):
     deep = json.dumps({"d": nested(250)})
     store_raw_row(db_path, "deep", deep, result=deep)
@@ -146,6 +149,7 @@ def test_a_stored_row_nested_250_levels_deep_still_renders_in_lists_and_alone(cl
     assert json.dumps(alone.json["data"]) == json.dumps(json.loads(deep))
 
 
+@pytest.mark.backends("embedded")  # writes SQLite rows by hand
 def test_a_stored_value_that_is_not_json_is_shown_as_null_with_the_reason(client, db_path):
     store_raw_row(db_path, "damaged", '{"text": "cut off', result='{"output": 1}')
 
@@ -227,6 +231,7 @@ def test_any_data_comes_back_exactly_from_get_and_list_or_is_refused_with_a_400(
     assert same(listed[0]["data"], data)
 
 
+@pytest.mark.backends("embedded")  # writes SQLite rows by hand
 def test_a_row_whose_text_columns_hold_blobs_still_renders_with_the_reason(client, db_path):
     conn = sqlite3.connect(db_path)
     with conn:

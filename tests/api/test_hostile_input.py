@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from api.tasks import parse_submission
 
+pytestmark = pytest.mark.backends("embedded", "distributed")
+
 JSON = {"Content-Type": "application/json"}
 FUZZ = settings(
     max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

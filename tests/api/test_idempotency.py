@@ -10,6 +10,8 @@ from falcon import testing
 
 from tests.helpers import wait_until
 
+pytestmark = pytest.mark.backends("embedded", "distributed")
+
 
 def post(client: testing.TestClient, body: Any, key: str | None) -> testing.Result:
     headers = {} if key is None else {"Idempotency-Key": key}

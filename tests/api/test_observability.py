@@ -18,6 +18,8 @@ from api.logs import TEXT_FORMAT, JsonLines, TextLines
 from tests.api.test_bulk import FAILS, finished, submit_body
 from tests.helpers import wait_until
 
+pytestmark = pytest.mark.backends("embedded", "distributed")
+
 
 @registry.action("flaky_once")
 def flaky_once(data: dict[str, Any]) -> dict[str, Any]:

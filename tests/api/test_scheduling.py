@@ -13,6 +13,8 @@ from actors import start_system
 from api import create_app
 from tests.helpers import wait_until
 
+pytestmark = pytest.mark.backends("embedded", "distributed")
+
 
 @pytest.fixture
 def settings() -> dict[str, dict[str, Any]]:

@@ -6,7 +6,9 @@ import pytest
 from falcon import testing
 
 from actors.actions import registry
-from tests.helpers import row, wait_until
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.backends("embedded", "distributed")
 
 JSON = {"Content-Type": "application/json"}
 FIELDS = {
@@ -39,14 +41,14 @@ def assert_error(result: testing.Result, status: int, contains: str = "") -> Non
     assert contains in result.json["error"]
 
 
-def test_a_submitted_task_is_committed_before_the_202(client, db_path):
+def test_a_submitted_task_is_committed_before_the_202(client, task_row):
     result = post(client, {"action": "uppercase", "data": {"text": "hello"}})
 
     assert result.status_code == 202
     assert result.json["status"] == "queued"
     task_id = result.json["id"]
     assert result.headers["location"] == f"/tasks/{task_id}"
-    assert row(db_path, task_id) is not None
+    assert task_row(task_id) is not None
 
 
 @pytest.mark.parametrize(
