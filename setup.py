@@ -3,7 +3,10 @@ from setuptools import find_packages, setup
 setup(
     name="task-queue",
     version="0.1.0",
-    description="A durable task queue service: a REST API in front of pykka actors, results in SQLite, or PostgreSQL and RabbitMQ for many instances.",
+    description=(
+        "A durable task queue service: a REST API in front of pykka actors, results in SQLite"
+        " (or PostgreSQL and RabbitMQ, for many instances)."
+    ),
     python_requires=">=3.11",
     packages=find_packages(include=["actors", "actors.*", "api", "api.*", "conf", "conf.*"]),
     package_data={"conf": ["*.toml"], "api": ["static/*"]},
