@@ -16,7 +16,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from actors import DatabaseInUse, TaskSystem, start_system
@@ -203,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             "actions: %s; any other name runs the default action", ", ".join(registry.names()) or "none registered"
         )
         logger.info(
-            "task-queue ready on %s (database %s, %d workers, schema v%d, up to %d connections)",
+            "task-queue ready on %s (%s, %d workers, schema v%d, up to %d connections)",
             url_of(sock),
-            Path(config.store.path).resolve(),
+            system.where,
             config.workers.count,
             system.schema_version,
             server.connection_limit,

@@ -12,11 +12,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from actors.db import BUSY_TIMEOUT_MS, SQLITE, Dialect, connect_reader, connect_writer
 from conf import StoreConfig
 
-__all__ = ["Connection", "Engine", "SqliteEngine", "engine_for"]
+__all__ = ["Connection", "Engine", "SqliteEngine", "engine_for", "safe_url"]
 
 
 class Connection(Protocol):
@@ -87,3 +88,12 @@ def engine_for(config: StoreConfig) -> Engine:
 
         return PostgresEngine(config.url)
     return SqliteEngine(config.path, config.synchronous, config.busy_timeout_ms, config.max_pages)
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()

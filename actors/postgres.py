@@ -15,16 +15,16 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 import psycopg.errors
 from psycopg import pq
 
 from actors.db import Dialect, utc_now
+from actors.engine import safe_url
 from actors.pg_sql import MIGRATIONS
 
-__all__ = ["MIGRATIONS", "POSTGRES", "PgConnection", "PostgresEngine", "Row", "migrate", "safe_url"]
+__all__ = ["MIGRATIONS", "POSTGRES", "PgConnection", "PostgresEngine", "Row", "migrate"]
 
 CONNECT_TIMEOUT_S = 5
 
@@ -139,15 +139,6 @@ class PostgresEngine:
 
     def moved(self) -> bool:
         return False  # a server's database does not move from under its connections
-
-
-def safe_url(url: str) -> str:
-    """``url`` without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
 
 
 _MIGRATION_LOCK = "SELECT pg_advisory_lock(hashtext('task-queue migrations ' || current_schema()))"

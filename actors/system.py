@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ from actors.actions import ActionRegistry, registry
 from actors.commit_signal import CommitSignal
 from actors.db import TaskFilter
 from actors.dblock import DatabaseLock
-from actors.engine import engine_for
+from actors.engine import engine_for, safe_url
 from actors.messages import (
     CancelMatching,
     CancelTask,
@@ -238,6 +239,15 @@ class TaskSystem:
             raise NotAccepted("no answer in time; look the task up before asking again") from None
         except StoreError as e:
             raise NotAccepted(str(e)) from None
+
+    @property
+    def where(self) -> str:
+        """Where the tasks are kept and queued, for the start-up log."""
+        if self.config.distributed:
+            return (
+                f"distributed: PostgreSQL {safe_url(self.config.store.url)}, RabbitMQ {safe_url(self.config.queue.url)}"
+            )
+        return f"database {Path(self.config.store.path).resolve()}"
 
     def problem(self) -> str | None:
         """Why the system cannot do its work, or None when the store and the queue are alive.

@@ -115,6 +115,7 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     else:
         handler.setFormatter(TextLines())
     logging.basicConfig(level=config.level.upper(), handlers=[handler], force=True)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # its every step; the link logs what matters
 
 
 class RequestLog:

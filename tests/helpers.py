@@ -75,7 +75,7 @@ def query(database: str | PostgresEngine, sql: str, params: tuple[Any, ...] = ()
     url = database.url if isinstance(database, PostgresEngine) else database
     if url.startswith("postgresql://"):
         with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as pg:
-            return pg.execute(sql.replace("?", "%s"), params).fetchall()  # type: ignore[arg-type]
+            return pg.execute(sql.replace("?", "%s"), params).fetchall()
     conn = sqlite3.connect(url)
     conn.row_factory = sqlite3.Row
     try:
