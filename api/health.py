@@ -1,5 +1,8 @@
 """``GET /health``: 200 when the service can take and run tasks; 503 with the reason when it cannot
-(an actor has stopped, the store cannot write, the database file is damaged, or it is shutting down)."""
+(an actor has stopped, the store cannot write, the database file is damaged, or it is shutting down).
+
+In the distributed mode it says whether RabbitMQ is connected, and stays 200 while it is not: the
+instance still commits submits, which run once RabbitMQ is back."""
 
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ class Health:
             "pending_submits": pending,
             "stalled_submits": stalled,
         }
+        if self._system.config.distributed:  # still 200 without RabbitMQ: submits are committed, run later
+            resp.media["rabbitmq"] = "connected" if queue.broker_down is None else f"down: {queue.broker_down}"
 
     def _check(self) -> tuple[str | None, QueueState | None]:
         """Why the service cannot take and run tasks now (None if it can), and the queue's state."""
