@@ -31,19 +31,27 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.started_in_s = 0.0
+        self._launched_at = 0.0
 
     def start(self, timeout: float = 60) -> Server:
-        started = time.monotonic()
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process, without waiting for it to be ready (see :meth:`wait_ready`)."""
+        self._launched_at = time.monotonic()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=self.env
             )
+
+    def wait_ready(self, timeout: float = 60) -> Server:
         try:
             self.url = wait_until(self._ready_line, timeout=timeout, what=f"the ready line of {self.args}").group(1)
         except BaseException:
             self.kill()  # a server that never got ready must not outlive the test
             raise
-        self.started_in_s = time.monotonic() - started
+        self.started_in_s = time.monotonic() - self._launched_at
         return self
 
     def _ready_line(self) -> re.Match[str] | None:
