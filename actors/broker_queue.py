@@ -105,6 +105,8 @@ class BrokerQueueActor(QueueActor):
         self._relay_again = False  # something happened meanwhile that calls for another step
         self._room = 0  # how many tasks the relay step under way may publish
         self._more_in_store = False  # the last step filled the room: more tasks may wait to publish
+        self._pauses = 0  # pauses and resumes asked of this instance
+        self._pauses_at_lease = 0  # ... when the lease under way was asked
 
     @property
     def link(self) -> RabbitLink:
@@ -135,6 +137,7 @@ class BrokerQueueActor(QueueActor):
         match message:
             case RoomFor(count):
                 self._room = 0 if self._paused else count  # (paused: publish nothing, so priorities hold)
+                self._pauses_at_lease = self._pauses
                 self._store.tell(LeaseDue(self._room, self.actor_ref))
             case Connected():
                 self._relay()
@@ -176,7 +179,8 @@ class BrokerQueueActor(QueueActor):
     def _leased(self, leased: Leased) -> None:
         if leased.unfinished is not None:
             self._unfinished = leased.unfinished
-        if leased.paused is not None and leased.paused != self._paused:
+        paused_here_since = self._pauses != self._pauses_at_lease  # then the store's answer is older than ours
+        if leased.paused is not None and leased.paused != self._paused and not paused_here_since:
             self._paused = leased.paused
             logger.info("dispatching %s by another instance", "paused" if leased.paused else "resumed")
         next_due_at = math.inf if leased.next_due_at is None else leased.next_due_at
@@ -209,6 +213,8 @@ class BrokerQueueActor(QueueActor):
             self._unfinished += message.count
             self._relay()
         else:
+            if isinstance(message, SetPaused):
+                self._pauses += 1
             super()._control(message)
 
     # --- deliveries: claimed, run, settled ------------------------------------------------------
