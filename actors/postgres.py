@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 
 from actors.db import Dialect, utc_now
 from actors.engine import safe_url
@@ -27,6 +28,7 @@ from actors.pg_sql import MIGRATIONS
 __all__ = ["MIGRATIONS", "POSTGRES", "PgConnection", "PostgresEngine", "Row", "migrate"]
 
 CONNECT_TIMEOUT_S = 5
+APPLICATION = {"application_name": "task-queue"}
 
 POSTGRES = Dialect(
     "postgresql",
@@ -97,7 +99,10 @@ class PgConnection:
         self._conn = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        named = "application_name" in conninfo_to_dict(self._url)  # else: task-queue, in pg_stat_activity
+        conn = psycopg.connect(
+            self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **({} if named else APPLICATION)
+        )
         if self._read_only:
             conn.execute("SET default_transaction_read_only = on")
             conn.row_factory = _row_factory

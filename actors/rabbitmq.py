@@ -199,8 +199,8 @@ class RabbitLink:
                 RECONNECT_S,
                 RECONNECT_MAX_S,
             )
+            self.down = f"{type(error).__name__}: {error}"  # (later errors say only that it is still down)
         self._failed_before = True
-        self.down = f"{type(error).__name__}: {error}"
         self._close()
         self._refuse_requests()
 

@@ -16,8 +16,9 @@ from urllib.parse import quote
 import pika
 import pika.exceptions
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-__all__ = ["AMQP_URL", "POSTGRES_URL", "postgres_schema", "rabbitmq_queue", "schema_url"]
+__all__ = ["AMQP_URL", "POSTGRES_URL", "postgres_schema", "rabbitmq_queue", "schema_url", "terminate_connections"]
 
 POSTGRES_URL = os.environ.get("TASK_QUEUE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_URL = os.environ.get("TASK_QUEUE_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -26,9 +27,10 @@ START_RABBITMQ = "rabbitmq-server -detached"
 
 
 def schema_url(schema: str) -> str:
-    """The URL of the test database, with ``schema`` first on the search path."""
+    """The URL of the test database, with ``schema`` first on the search path; its connections are named
+    after it (``application_name``), so a test can find them."""
     separator = "&" if "?" in POSTGRES_URL else "?"
-    return f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+    return f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}&application_name={schema}"
 
 
 def _postgres() -> psycopg.Connection[tuple[object, ...]]:
@@ -71,3 +73,14 @@ def rabbitmq_queue() -> Iterator[str]:
             connection.channel().queue_delete(name)
         finally:
             connection.close()
+
+
+def terminate_connections(url: str) -> int:
+    """Terminate every connection to PostgreSQL made with ``url`` (``pg_terminate_backend``), as a
+    server restart would; how many."""
+    name = conninfo_to_dict(url)["application_name"]
+    with _postgres() as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (name,)
+        ).fetchall()
+    return len(rows)

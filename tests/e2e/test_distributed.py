@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import re
 import signal
+import subprocess
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -15,7 +17,7 @@ import pytest
 
 from tests.e2e.service import Service
 from tests.helpers import query, wait_until
-from tests.servers import AMQP_URL, postgres_schema, rabbitmq_queue
+from tests.servers import AMQP_URL, postgres_schema, rabbitmq_queue, terminate_connections
 
 COMPLETED_LINE = re.compile(r"task (\S+) \S+ attempt \d+ completed")
 
@@ -84,3 +86,67 @@ def test_three_instances_share_the_work_and_a_killed_one_loses_nothing(tmp_path,
         again = {row["id"] for row in rows if row["attempts"] == 2}
         assert again == {row["task_id"] for row in interrupted}, "each task cut off shows one more attempt"
         assert statuses(url) == Counter({"completed": 120})
+
+
+class Load(threading.Thread):
+    """Submits tasks round-robin to the instances as fast as they answer, keeping the ids answered 202."""
+
+    def __init__(self, instances: list[Service]) -> None:
+        super().__init__(name="load", daemon=True)
+        self._instances = instances
+        self._stopping = threading.Event()
+        self.accepted: list[str] = []
+        self.refused: Counter[int] = Counter()
+
+    def run(self) -> None:
+        for n in itertools.count():
+            if self._stopping.is_set():
+                return
+            instance = self._instances[n % len(self._instances)]
+            status, answer, _ = instance.call("POST", "/tasks", {"action": "uppercase", "data": {"text": str(n)}})
+            if status == 202:
+                self.accepted.append(answer["id"])
+            else:
+                self.refused[status] += 1
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(30)
+
+    def wait_for_more(self, count: int, what: str) -> None:
+        target = len(self.accepted) + count
+        wait_until(lambda: len(self.accepted) >= target, timeout=30, what=f"{count} more tasks accepted {what}")
+
+
+def rabbitmq_status(instance: Service) -> str:
+    return instance.request("GET", "/health")[1].get("rabbitmq", "")
+
+
+def test_every_202_completes_through_a_rabbitmq_restart_and_killed_database_connections(tmp_path, servers):
+    url, _ = servers
+    with ExitStack() as stack:
+        instances = start_instances(tmp_path, servers, 2, "--work-delay-ms", "5")
+        for instance in instances:
+            stack.callback(instance.kill)
+        load = Load(instances)
+        load.start()
+        stack.callback(load.stop)
+        load.wait_for_more(50, "at first")
+
+        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)
+        stack.callback(subprocess.run, ["rabbitmqctl", "start_app"], check=True, capture_output=True)
+        wait_until(lambda: all(rabbitmq_status(i).startswith("down") for i in instances), what="RabbitMQ to be down")
+        load.wait_for_more(50, "while RabbitMQ is down")  # committed in PostgreSQL: they run later
+        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
+        wait_until(lambda: all(rabbitmq_status(i) == "connected" for i in instances), what="the instances to reconnect")
+        load.wait_for_more(50, "after RabbitMQ came back")
+
+        assert terminate_connections(url) >= 2 * len(instances), "each instance's store and readers"
+        load.wait_for_more(50, "after the database connections were killed")
+        load.stop()
+
+        accepted = set(load.accepted)
+        completed = lambda: {row["id"] for row in query(url, "SELECT id FROM tasks WHERE status = 'completed'")}  # noqa: E731
+        wait_until(lambda: accepted <= completed(), timeout=90, what="every accepted task to complete")
+        assert set(load.refused) <= {503}, load.refused
+        assert statuses(url) == Counter({"completed": len(accepted)}), "nothing but what was accepted was stored"
