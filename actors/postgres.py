@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from actors.db import Dialect, utc_now
 from actors.engine import safe_url
@@ -28,7 +28,7 @@ from actors.pg_sql import MIGRATIONS
 __all__ = ["MIGRATIONS", "POSTGRES", "PgConnection", "PostgresEngine", "Row", "migrate"]
 
 CONNECT_TIMEOUT_S = 5
-APPLICATION = {"application_name": "task-queue"}
+APPLICATION_NAME = "task-queue"
 
 POSTGRES = Dialect(
     "postgresql",
@@ -99,14 +99,19 @@ class PgConnection:
         self._conn = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        named = "application_name" in conninfo_to_dict(self._url)  # else: task-queue, in pg_stat_activity
-        conn = psycopg.connect(
-            self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **({} if named else APPLICATION)
-        )
+        conninfo = self._url
+        if "application_name" not in conninfo_to_dict(conninfo):  # how pg_stat_activity names its connections
+            conninfo = make_conninfo(conninfo, application_name=APPLICATION_NAME)
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         if self._read_only:
             conn.execute("SET default_transaction_read_only = on")
             conn.row_factory = _row_factory
         return conn
+
+    @property
+    def broken(self) -> bool:
+        """Whether the connection was lost (a statement that failed then may have been done, or not)."""
+        return self._conn.broken
 
     @property
     def in_transaction(self) -> bool:

@@ -101,7 +101,7 @@ from actors.messages import (
 from actors.metrics import Metrics
 from actors.timers import tell_later
 
-__all__ = ["DatabaseMoved", "IdempotencyConflict", "StoreActor", "StoreError"]
+__all__ = ["CommitUnknown", "DatabaseMoved", "IdempotencyConflict", "StoreActor", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,11 @@ PROBE = (
 
 class StoreError(Exception):
     """Raised (through a ``committed`` future) when a task could not be committed; the message says why."""
+
+
+class CommitUnknown(StoreError):
+    """Raised (through a ``committed`` future) when the connection to the database server was lost during
+    the commit: the task may be stored or not."""
 
 
 class IdempotencyConflict(Exception):
@@ -188,6 +193,7 @@ class StoreActor(Actor):
         self._settling: list[tuple[pykka.ActorRef[Any], Receipt]] = []  # deliveries to ack after the commit
         self._unsettled: list[tuple[pykka.ActorRef[Any], Receipt]] = []  # theirs, after a fault rolled them back
         self._fold_timer: threading.Timer | None = None
+        self._commit_unknown = False  # the last commit failed with its outcome unknown (the connection was lost)
 
     @property
     def conn(self) -> Connection:
@@ -288,7 +294,7 @@ class StoreActor(Actor):
         if not message.committed.claim():  # its submitter gave up waiting, and was told it is not stored
             self._inserted.pop()
             return
-        if task.idempotency_key is not None and self._seen_before(message):
+        if task.idempotency_key is not None and not self._take_key(message):
             self._inserted.pop()
             return
         inserted = self.conn.execute(
@@ -300,28 +306,41 @@ class StoreActor(Actor):
             logger.error("task %s not stored: its id is taken", task.id)
             self._inserted.remove(message)
             self._refuse([message], "the task was not stored")
-            return
-        if task.idempotency_key is not None:
-            now = epoch_now()
-            self.conn.execute(
-                "INSERT INTO idempotency_keys (key, request_hash, task_id, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET request_hash = excluded.request_hash, task_id = excluded.task_id,"
-                " created_at = excluded.created_at",
-                (task.idempotency_key, task.request_hash, task.id, now),
-            )
-            self.conn.execute(  # forget a few expired keys each time, so the table keeps to the window
-                "DELETE FROM idempotency_keys WHERE key IN"
-                " (SELECT key FROM idempotency_keys WHERE created_at < ? LIMIT 10)",
-                (now - self._idempotency_window_s,),
-            )
 
-    def _seen_before(self, message: InsertTask) -> bool:
-        """Whether the task's idempotency key was used within the window; if so, answer with the earlier task
-        (once the transaction that holds it is committed), or refuse a different request under the same key."""
+    def _take_key(self, message: InsertTask) -> bool:
+        """Record the task's idempotency key for it, unless the key was used within the window: then answer
+        with the earlier task (once the transaction that holds it is committed), or refuse a different request
+        under the same key, and return False.
+
+        The key is taken by one statement that writes it only if it is new or expired, so of two instances
+        taking one key at once, the second waits for the first's commit and finds the key used."""
+        task = message.task
+        now = epoch_now()
+        window_start = now - self._idempotency_window_s
+        if self._seen_before(message, window_start):
+            return False
+        taken = self.conn.execute(
+            "INSERT INTO idempotency_keys (key, request_hash, task_id, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET request_hash = excluded.request_hash, task_id = excluded.task_id,"
+            " created_at = excluded.created_at WHERE idempotency_keys.created_at < ?",
+            (task.idempotency_key, task.request_hash, task.id, now, window_start),
+        ).rowcount
+        if not taken and self._seen_before(message, window_start):  # another instance took it just now
+            return False
+        self.conn.execute(  # forget a few expired keys each time, so the table keeps to the window
+            "DELETE FROM idempotency_keys WHERE key IN"
+            " (SELECT key FROM idempotency_keys WHERE created_at < ? LIMIT 10)",
+            (window_start,),
+        )
+        return True
+
+    def _seen_before(self, message: InsertTask, window_start: float) -> bool:
+        """Whether the task's idempotency key was used since ``window_start``; if so, answer as :meth:`_take_key`
+        says."""
         task = message.task
         earlier = self.conn.execute(
             "SELECT task_id, request_hash FROM idempotency_keys WHERE key = ? AND created_at >= ?",
-            (task.idempotency_key, epoch_now() - self._idempotency_window_s),
+            (task.idempotency_key, window_start),
         ).fetchone()
         if earlier is None:
             return False
@@ -626,7 +645,12 @@ class StoreActor(Actor):
             if not self._unsaved:
                 return
             self._begin()
-        self.conn.execute("COMMIT")  # if this fails, _abort refuses the inserts and keeps the updates
+        try:
+            self.conn.execute("COMMIT")  # if this fails, _abort refuses the inserts and keeps the updates
+        except self._dialect.transient_errors:
+            # A server's connection lost during the commit: the server may have committed, or not.
+            self._commit_unknown = getattr(self.conn, "broken", False)
+            raise
         inserted, self._inserted = self._inserted, []
         updates = len(self._updates)
         self._updates.clear()
@@ -642,15 +666,7 @@ class StoreActor(Actor):
             self._stop_for_moved_file()
         if self._fault is not None:
             self._cleared(updates)
-        # The queue hears of the tasks before their submitters do, so once a 202 is out the
-        # queue already holds the news of that task.
-        stored_by_queue: defaultdict[pykka.ActorRef[Any], list[QueuedTask]] = defaultdict(list)
-        for message in inserted:
-            task = message.task
-            stored = QueuedTask(task.id, task.action, task.payload, 0, task.priority, task.run_at or 0.0)
-            stored_by_queue[message.reply_to].append(stored)
-        for queue, tasks in stored_by_queue.items():
-            _reply(queue, TasksStored(tuple(tasks)))
+        self._tell_stored(inserted)
         if self._settling:
             self._settled()
         for message in inserted:
@@ -663,6 +679,18 @@ class StoreActor(Actor):
             else:
                 submit.committed.set(earlier_id)
         self._give_answers()
+
+    @staticmethod
+    def _tell_stored(inserted: list[InsertTask]) -> None:
+        """After a commit: the queue hears of the new tasks before their submitters do, so once a 202 is out
+        the queue already holds the news of that task."""
+        stored_by_queue: defaultdict[pykka.ActorRef[Any], list[QueuedTask]] = defaultdict(list)
+        for message in inserted:
+            task = message.task
+            stored = QueuedTask(task.id, task.action, task.payload, 0, task.priority, task.run_at or 0.0)
+            stored_by_queue[message.reply_to].append(stored)
+        for queue, tasks in stored_by_queue.items():
+            _reply(queue, TasksStored(tuple(tasks)))
 
     def _settled(self) -> None:
         """After a commit: the deliveries whose outcomes it wrote can be acked."""
@@ -692,7 +720,13 @@ class StoreActor(Actor):
         self._updates = []
         self._unsettled += self._settling  # acked once those updates are written
         self._settling = []
-        self._refuse(inserted + [submit for submit, _ in self._replayed], "the store cannot write now; try again")
+        if self._commit_unknown:
+            self._commit_unknown = False
+            unknown = "the connection to the database was lost during the commit: the task may be stored or not;"
+            self._refuse(inserted, unknown + " look it up before submitting it again", CommitUnknown)
+        else:
+            self._refuse(inserted, "the store cannot write now; try again")
+        self._refuse([submit for submit, _ in self._replayed], "the store cannot write now; try again")
         self._replayed = []
         cannot_write = (StoreError, StoreError("the store cannot write now; try again"), None)
         answers, self._answers = self._answers, []
@@ -780,9 +814,9 @@ class StoreActor(Actor):
         )
 
     @staticmethod
-    def _refuse(inserts: list[InsertTask], reason: str) -> None:
+    def _refuse(inserts: list[InsertTask], reason: str, error: type[StoreError] = StoreError) -> None:
         for insert in inserts:
-            insert.committed.set_exception((StoreError, StoreError(reason), None))
+            insert.committed.set_exception((error, error(reason), None))
 
     def _requeue_unfinished(self, max_attempts: int) -> None:
         now = utc_now()

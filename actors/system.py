@@ -47,7 +47,7 @@ from actors.metrics import Gauge, Metrics
 from actors.migration import MigrationActor
 from actors.queue import QueueActor, QueueFull, ShuttingDown, StartWorker
 from actors.reader import TaskReader
-from actors.store import StoreActor, StoreError
+from actors.store import CommitUnknown, StoreActor, StoreError
 from actors.tasklog import TaskReport
 from actors.worker import WorkerActor
 from conf import Config
@@ -159,6 +159,8 @@ class TaskSystem:
             raise NotAccepted("the queue is not running") from None
         except pykka.Timeout:
             return self._give_up_waiting(committed)
+        except CommitUnknown as e:
+            raise NotAccepted(str(e), maybe_stored=True) from None
         except StoreError as e:
             raise NotAccepted(str(e)) from None
         except ShuttingDown:
