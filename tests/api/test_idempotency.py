@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from falcon import testing
 
+from actors import start_system
+from api import create_app
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.backends("embedded", "distributed")
@@ -113,3 +116,29 @@ def test_defaults_sent_or_left_out_are_the_same_request_and_a_delay_or_priority_
     assert post(client, {"action": "uppercase", "delay_ms": 10}, "k").status_code == 422
     delayed = post(client, {"action": "uppercase", "delay_ms": 60_000}, "later")
     assert post(client, {"action": "uppercase", "delay_ms": 60_000}, "later").json["id"] == delayed.json["id"]
+
+
+@pytest.mark.backends("distributed")
+def test_one_key_sent_to_two_instances_at_once_gives_one_task(config, db_query):
+    instances = [start_system(config), start_system(config)]
+    try:
+        clients = [testing.TestClient(create_app(instance)) for instance in instances]
+        body = {"action": "uppercase", "data": {"text": "once"}}
+
+        def send(client: testing.TestClient, key: str) -> testing.Result:
+            """As a client does: a 503 (two instances' transactions waiting on each other's keys: one
+            is rolled back) is sent again with the same key."""
+            answer = wait_until(lambda: (answer := post(client, body, key)).status_code != 503 and answer)
+            return answer
+
+        sends = [(client, f"key-{n}") for n in range(20) for client in clients]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda args: send(*args), sends))
+
+        assert {answer.status_code for answer in answers} == {202}
+        ids = [answer.json["id"] for answer in answers]
+        assert all(ids[n] == ids[n + 1] for n in range(0, 40, 2)), "both instances answer with one task per key"
+        assert len(db_query("SELECT id FROM tasks")) == 20
+    finally:
+        for instance in instances:
+            instance.stop()
