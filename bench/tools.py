@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -70,7 +71,7 @@ def require(tool: str) -> str:
 def wrk(url: str, seconds: float, connections: int, get_path: str | None = None) -> Load:
     """As many requests as ``connections`` keep-alive connections get answered in ``seconds``."""
     script = (WRK_GET.replace("PATH", repr(get_path)) if get_path else WRK_POST) + WRK_SUMMARY
-    script_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"task-queue-bench-{os.getpid()}.lua"
+    script_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"task-queue-bench-{os.getpid()}-{threading.get_ident()}.lua"
     script_path.write_text(script)
     try:
         out = subprocess.run(
