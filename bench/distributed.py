@@ -117,10 +117,8 @@ def main() -> None:
                     stack.callback(instance.shut)
                     instances.append(instance)
                 done = lambda url=url: query(url, "SELECT COUNT(*) AS n FROM tasks WHERE status = 'completed'")[0]["n"]  # noqa: E731
-                time.sleep(0)  # (instances connect to RabbitMQ as they start; the relay waits for it)
-                rows.append(
-                    run(f"distributed, {count} instance{'s' * (count > 1)}", instances, done, seconds, connections)
-                )
+                name = f"distributed, {count} instance{'s' * (count > 1)}"
+                rows.append(run(name, instances, done, seconds, connections))
     header = ["setting", "submits", "completed under load", "p95 submit", "errors", "CPU per task (us)"]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
