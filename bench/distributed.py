@@ -48,6 +48,12 @@ def pids_of(pattern: str) -> list[int]:
     return [int(pid) for pid in found.split()]
 
 
+def completed(database: str) -> int:
+    """Tasks completed in the SQLite file or PostgreSQL URL ``database``."""
+    count: int = query(database, "SELECT COUNT(*) AS n FROM tasks WHERE status = 'completed'")[0]["n"]
+    return count
+
+
 def load_all(instances: list[Service], seconds: float, connections: int) -> Load:
     """wrk against every instance at once, the connections split among them; their loads summed."""
     loads: list[Load] = []
@@ -103,8 +109,7 @@ def main() -> None:
         with ExitStack() as stack:
             embedded = Service(str(db), workdir / "embedded.log", "--work-delay-ms", "0").start(timeout=120)
             stack.callback(embedded.shut)
-            done = lambda: query(str(db), "SELECT COUNT(*) AS n FROM tasks WHERE status = 'completed'")[0]["n"]  # noqa: E731
-            rows.append(run("embedded", [embedded], done, seconds, connections))
+            rows.append(run("embedded", [embedded], lambda: completed(str(db)), seconds, connections))
         for count in (1, 2):
             with ExitStack() as stack:
                 url = stack.enter_context(postgres_schema())
@@ -116,9 +121,8 @@ def main() -> None:
                     instance = Service(str(db), log, "--work-delay-ms", "0", env=env).start(timeout=120)
                     stack.callback(instance.shut)
                     instances.append(instance)
-                done = lambda url=url: query(url, "SELECT COUNT(*) AS n FROM tasks WHERE status = 'completed'")[0]["n"]  # noqa: E731
                 name = f"distributed, {count} instance{'s' * (count > 1)}"
-                rows.append(run(name, instances, done, seconds, connections))
+                rows.append(run(name, instances, lambda url=url: completed(url), seconds, connections))
     header = ["setting", "submits", "completed under load", "p95 submit", "errors", "CPU per task (us)"]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
