@@ -14,6 +14,7 @@ the benchmark's own, removed afterwards).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import tempfile
@@ -109,7 +110,7 @@ def main() -> None:
         with ExitStack() as stack:
             embedded = Service(str(db), workdir / "embedded.log", "--work-delay-ms", "0").start(timeout=120)
             stack.callback(embedded.shut)
-            rows.append(run("embedded", [embedded], lambda: completed(str(db)), seconds, connections))
+            rows.append(run("embedded", [embedded], functools.partial(completed, str(db)), seconds, connections))
         for count in (1, 2):
             with ExitStack() as stack:
                 url = stack.enter_context(postgres_schema())
@@ -122,7 +123,7 @@ def main() -> None:
                     stack.callback(instance.shut)
                     instances.append(instance)
                 name = f"distributed, {count} instance{'s' * (count > 1)}"
-                rows.append(run(name, instances, lambda url=url: completed(url), seconds, connections))
+                rows.append(run(name, instances, functools.partial(completed, url), seconds, connections))
     header = ["setting", "submits", "completed under load", "p95 submit", "errors", "CPU per task (us)"]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
