@@ -4,7 +4,8 @@
 
 Each setting gets the same load: wrk posting tasks (work_delay_ms 0) for ``--seconds`` over
 ``--connections`` connections, split across the instances. It reports submits/s, completions/s
-while the load ran, p95 submit, and the CPU each process spent per task from the start of the
+while the load ran and after it (the backlog left, worked off without submits competing), p95
+submit, and the CPU each process spent per task from the start of the
 load until every task was done: each instance, RabbitMQ (its Erlang VM) and PostgreSQL (all its
 processes). The embedded setting is the baseline of the same run (ratios: the machine is
 noisy). PostgreSQL and RabbitMQ are this machine's (tests/servers.py: a schema and a queue of
@@ -19,6 +20,7 @@ import os
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -83,12 +85,15 @@ def run(
     done_before = count_done()
     load = load_all(instances, seconds, connections)
     done_under_load = count_done() - done_before
+    drain_started, left = time.monotonic(), load.requests - done_under_load
     wait_until(lambda: count_done() - done_before >= load.requests, timeout=600, what="every task to complete")
+    drained_per_s = left / max(time.monotonic() - drain_started, 1e-3)
     cpu = {label: (cpu_seconds(pids) - before[label]) / load.requests * 1e6 for label, pids in processes.items()}
     return [
         name,
         f"{load.rate:,.0f}/s",
         f"{done_under_load / load.seconds:,.0f}/s",
+        f"{drained_per_s:,.0f}/s" if left > 100 else "-",
         f"{load.p95_ms:.1f} ms",
         f"{load.errors}",
         ", ".join(f"{label} {us:.0f}" for label, us in cpu.items()),
@@ -124,7 +129,7 @@ def main() -> None:
                     instances.append(instance)
                 name = f"distributed, {count} instance{'s' * (count > 1)}"
                 rows.append(run(name, instances, functools.partial(completed, url), seconds, connections))
-    header = ["setting", "submits", "completed under load", "p95 submit", "errors", "CPU per task (us)"]
+    header = ["setting", "submits", "completed under load", "after it", "p95 submit", "errors", "CPU per task (us)"]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
