@@ -256,6 +256,10 @@ SCHEMAS: dict[str, Any] = {
             "paused": {"type": "boolean", "description": "dispatching no new task (POST /queue/pause)"},
             "pending_submits": {"type": "integer"},
             "stalled_submits": {"type": "integer"},
+            "rabbitmq": {
+                "type": "string",
+                "description": "distributed mode only: 'connected', or 'down: ' and why (submits are still committed)",
+            },
         },
     },
     "Unavailable": {

@@ -11,7 +11,9 @@ from falcon import testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from actors.actions import InvalidTaskData, registry
 from api.tasks import parse_submission
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.backends("embedded", "distributed")
 
@@ -170,3 +172,24 @@ def test_any_task_id_in_the_path_is_a_json_404(client, task_id):
     result = client.simulate_get("/tasks/" + urllib.parse.quote(task_id, safe=""))
 
     assert_json_error(result, 404)
+
+
+@registry.action("fails_with_nul")
+def fails_with_nul(data: dict[str, Any]) -> dict[str, Any]:
+    raise InvalidTaskData("a NUL \x00 in the error")
+
+
+def test_a_nul_in_an_action_name_or_an_error_is_stored_and_spoils_nothing_else(client):
+    odd = client.simulate_post("/tasks", body='{"action": "odd\\u0000name", "data": {}}', headers=JSON)
+    failing = client.simulate_post("/tasks", json={"action": "fails_with_nul", "data": {}})
+    plain = client.simulate_post("/tasks", json={"action": "uppercase", "data": {"text": "x"}})
+    assert (odd.status_code, failing.status_code, plain.status_code) == (202, 202, 202)
+
+    def finished(task_id: str) -> dict[str, Any] | None:
+        task = client.simulate_get(f"/tasks/{task_id}").json
+        return task if task["status"] in ("completed", "failed") else None
+
+    assert wait_until(lambda: finished(plain.json["id"]))["result"] == {"output": "X"}
+    assert wait_until(lambda: finished(odd.json["id"]))["action"] in ("odd\x00name", "odd\ufffdname")
+    error = wait_until(lambda: finished(failing.json["id"]))["error"]
+    assert error.endswith(("a NUL \x00 in the error", "a NUL \ufffd in the error")), error

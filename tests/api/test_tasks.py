@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -291,7 +292,7 @@ def fails_twice(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_every_failed_attempt_keeps_its_error_with_its_number_and_time(client):
-    task_id = post(client, {"action": "fails_twice", "data": {"key": "errors-kept"}}).json["id"]
+    task_id = post(client, {"action": "fails_twice", "data": {"key": str(uuid.uuid4())}}).json["id"]
 
     task = completed(client, task_id)
 

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from bench.crash import STOP_DEADLINE_S, crash_test
+from bench.crash import POSTGRES_INTEGRITY, STOP_DEADLINE_S, crash_test
 
 
 @pytest.mark.parametrize(("sig", "trials"), [(signal.SIGKILL, 3), (signal.SIGTERM, 2)])
@@ -23,3 +23,13 @@ def test_no_accepted_task_is_lost_when_the_service_is_stopped_under_load(tmp_pat
         assert report.exit_codes == {0: trials}
         assert report.slowest_stop_s < STOP_DEADLINE_S
         assert report.ran_again == 0, "a clean stop lets tasks in flight finish"
+
+
+def test_no_accepted_task_is_lost_when_a_distributed_instance_is_killed_under_load(tmp_path):
+    report = crash_test(tmp_path, 2, signal.SIGKILL, seed=7, distributed=True)
+
+    assert len(report.accepted) >= 40
+    assert report.lost == []
+    assert report.completed == len(report.accepted)
+    assert report.listed_twice == 0
+    assert report.integrity == POSTGRES_INTEGRITY
