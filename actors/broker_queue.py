@@ -10,6 +10,7 @@ Protocol (besides the QueueActor's, which it keeps: Submit, acks and nacks, canc
               :class:`~actors.messages.Delivered` (link)  -> kept until a worker is free, then claimed
               :class:`~actors.messages.Claimed`   (store) -> dispatches them; acks the skipped
               :class:`~actors.messages.Settled`   (store) -> acks them: their outcomes are committed
+              :class:`~actors.messages.Drain`     (shutdown) -> releases the claimed tasks not started
     sends     LeaseDue, MarkPublished, ClaimTasks and Settle to the store; requests to its
               :class:`~actors.rabbitmq.RabbitLink`
 
@@ -61,6 +62,7 @@ from actors.messages import (
     Connected,
     ControlResult,
     Delivered,
+    Drain,
     FailTask,
     Leased,
     LeaseDue,
@@ -69,6 +71,7 @@ from actors.messages import (
     Published,
     QueuedTask,
     Receipt,
+    ReleaseClaim,
     Requeued,
     RetryTask,
     RoomFor,
@@ -157,6 +160,9 @@ class BrokerQueueActor(QueueActor):
                 self.link.ack(receipts)
                 if self._more_in_store:
                     self._relay()
+            case Drain():
+                self._release_claimed()
+                return super().on_receive(message)
             case _:
                 return super().on_receive(message)
         self._dispatch()
@@ -237,12 +243,22 @@ class BrokerQueueActor(QueueActor):
         for task, receipt in tasks:
             self._receipts[task.id] = receipt
             self._ready.add(task)
+        if self._draining:  # claimed while stopping: none of them starts
+            self._release_claimed()
         if skipped:
             self.link.ack(skipped)
         if failed:  # the store cannot write now: they wait here (unacked) and are claimed again later
             self._deliveries.extendleft(reversed(claiming))
             self._claim_after = time.monotonic() + CLAIM_RETRY_S
             self._schedule_wake(epoch_now() + CLAIM_RETRY_S)
+
+    def _release_claimed(self) -> None:
+        """Stopping: the claimed tasks no worker has started go back to queued, as if never claimed (they
+        run after their delivery comes again, here or elsewhere, with no attempt counted)."""
+        while self._ready:
+            task = self._ready.pop()
+            receipt = self._receipts.pop(task.id)
+            self._store.tell(Settle(ReleaseClaim(task.id), task.attempts + 1, receipt, self.actor_ref))
 
     def _mark_running(self, task: QueuedTask) -> None:
         """(Claiming made it running.)"""

@@ -55,6 +55,7 @@ __all__ = [
     "ReadyTasks",
     "Receipt",
     "Recovered",
+    "ReleaseClaim",
     "RequeueUnfinished",
     "Requeued",
     "RetryFinished",
@@ -523,14 +524,17 @@ class Delivered:
     task_id: str
     receipt: Receipt
     redelivered: bool  #: delivered before (to an instance that died, or that gave it back)
+    lease: float  #: the relay's lease it was published under: which publish of the task this is
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimTasks:
     """To the store: start these deliveries' tasks if they are still to run; reply :class:`Claimed`.
 
-    A task is claimed when it is queued and due, or running and ``redelivered`` (its instance
-    died: that attempt is recorded as interrupted, and a task out of attempts fails instead)."""
+    A task is claimed when it is queued and due, or running under this very message, now
+    ``redelivered`` (the instance it was delivered to died: that attempt is recorded as
+    interrupted, and a task out of attempts fails instead). A task running under another
+    publish of it (a duplicate) is left to its instance."""
 
     deliveries: tuple[Delivered, ...]
     max_attempts: int
@@ -549,11 +553,18 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseClaim:
+    """A claimed task that did not start (the instance is stopping) is queued again, its attempt uncounted."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settle:
     """To the store: write how a delivered task's attempt ended (if that attempt is still the task's
     latest), then tell ``reply_to`` :class:`Settled`, so its delivery is acked only once committed."""
 
-    update: CompleteTask | RetryTask | FailTask | CancelRunning
+    update: CompleteTask | RetryTask | FailTask | CancelRunning | ReleaseClaim
     attempt: int
     receipt: Receipt
     reply_to: ActorRef[Any]

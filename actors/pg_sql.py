@@ -38,7 +38,8 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 processed_at  TEXT,
                 available_at  DOUBLE PRECISION NOT NULL,
                 priority      INTEGER NOT NULL DEFAULT 0,
-                publish_after DOUBLE PRECISION
+                publish_after DOUBLE PRECISION,
+                claimed_lease DOUBLE PRECISION
             )
             """,
             "CREATE INDEX tasks_by_created ON tasks (created_at, seq)",
@@ -146,8 +147,10 @@ UPDATE tasks SET publish_after = ? WHERE seq IN (
 NEXT_TO_PUBLISH = "SELECT MIN(publish_after) FROM tasks WHERE publish_after > ?"
 #: Published: unless the task became due again since (a retry), under a new publish_after.
 MARK_PUBLISHED = "UPDATE tasks SET publish_after = NULL WHERE id = ANY(?) AND publish_after = ?"
-CLAIM_LOCK = "SELECT status, attempts, available_at FROM tasks WHERE id = ? FOR UPDATE"
+CLAIM_LOCK = "SELECT status, attempts, available_at, claimed_lease FROM tasks WHERE id = ? FOR UPDATE"
+#: ``claimed_lease``: the publish the running attempt came from, so that only that message, delivered
+#: again, takes the task over (its instance died), and a duplicate publish of it does not.
 CLAIM = (
-    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ? WHERE id = ?"
+    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?, claimed_lease = ? WHERE id = ?"
     " RETURNING action, payload, attempts - 1, priority, available_at"
 )

@@ -9,7 +9,8 @@ messages:
   should take now (``window`` less those it holds ready). The relay publishes no more, so the
   tasks waiting beyond it stay in PostgreSQL, where priorities order them.
 - ``publish(ids, lease)`` -> :class:`~actors.messages.Published`, once RabbitMQ has confirmed
-  each message (publisher confirms), as persistent messages whose body is the task's id.
+  each message (publisher confirms), as persistent messages whose body is the task's id and
+  the lease it was published under (which tells a redelivery from a second publish).
 - on connecting (again) -> :class:`~actors.messages.Connected`.
 - deliveries -> :class:`~actors.messages.Delivered`, at most ``prefetch`` unacked at a time
   (``basic.qos``); ``ack(receipts)`` acks them once their outcomes are committed.
@@ -97,7 +98,8 @@ class RabbitLink:
             done: list[str] = []
             try:
                 for task_id in task_ids:
-                    channel.basic_publish("", self._queue, task_id.encode(), PERSISTENT, mandatory=True)
+                    body = f"{task_id} {lease!r}".encode()
+                    channel.basic_publish("", self._queue, body, PERSISTENT, mandatory=True)
                     done.append(task_id)
             finally:  # what was not confirmed is published again once its lease ends
                 self._tell(Published(tuple(done), task_ids[len(done) :], lease))
@@ -164,7 +166,9 @@ class RabbitLink:
         number = self._channel_number
 
         def delivered(_: Any, method: Any, __: Any, body: bytes) -> None:
-            self._tell(Delivered(body.decode(), Receipt(number, method.delivery_tag), method.redelivered))
+            task_id, _, lease = body.decode().partition(" ")
+            receipt = Receipt(number, method.delivery_tag)
+            self._tell(Delivered(task_id, receipt, method.redelivered, float(lease or "nan")))
 
         channel.basic_consume(self._queue, delivered)
         self._connection = connection

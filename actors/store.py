@@ -85,6 +85,7 @@ from actors.messages import (
     ReadyTasks,
     Receipt,
     Recovered,
+    ReleaseClaim,
     Requeued,
     RequeueUnfinished,
     RetryFinished,
@@ -366,6 +367,8 @@ class StoreActor(Actor):
             case Settle(update, attempt, receipt, reply_to):
                 if isinstance(update, CancelRunning):
                     self._cancel_running(update)
+                elif isinstance(update, ReleaseClaim):
+                    self._update(RELEASE_CLAIM, (update.task_id, attempt))
                 else:
                     (sql, params), *more = _status_update(update)
                     self._update(sql + " AND status = 'running' AND attempts = ?", (*params, attempt))
@@ -394,8 +397,9 @@ class StoreActor(Actor):
         skipped: list[Receipt] = []
         for delivery in deliveries:
             found = self.conn.execute(pg_sql.CLAIM_LOCK, (delivery.task_id,)).fetchone()
-            status, attempts, available_at = found if found is not None else (None, 0, 0.0)
-            lost_attempt = status == "running" and delivery.redelivered  # its instance died while it ran
+            status, attempts, available_at, claimed_lease = found if found is not None else (None, 0, 0.0, None)
+            # This very message came back from an instance that died (or lost RabbitMQ) while the task ran:
+            lost_attempt = status == "running" and delivery.redelivered and claimed_lease == delivery.lease
             if lost_attempt:
                 self.conn.execute(RECORD_ERROR, (delivery.task_id, attempts, LOST_ATTEMPT, started_at))
                 if attempts >= max_attempts:
@@ -404,7 +408,7 @@ class StoreActor(Actor):
                     self.conn.execute(sql, (error, started_at, delivery.task_id))
                     lost_attempt = False
             if (status == "queued" and available_at <= now) or lost_attempt:
-                row = self.conn.execute(pg_sql.CLAIM, (started_at, delivery.task_id)).fetchone()
+                row = self.conn.execute(pg_sql.CLAIM, (started_at, delivery.lease, delivery.task_id)).fetchone()
                 claimed.append((QueuedTask(delivery.task_id, *row), delivery.receipt))
             else:
                 skipped.append(delivery.receipt)
@@ -707,8 +711,14 @@ class StoreActor(Actor):
         for answer, result, then in answers:
             if answer is not None:
                 answer.set(result)
-            if then is not None:
-                _reply(*then)
+            if then is not None and not _reply(*then) and isinstance(then[1], Claimed):
+                self._release(then[1])
+
+    def _release(self, claimed: Claimed) -> None:
+        """Claimed tasks whose queue stopped before it heard of them (so none of them started) are queued
+        again, as if never claimed; RabbitMQ delivers their messages again, here or elsewhere."""
+        for task, _ in claimed.tasks:
+            self._update(RELEASE_CLAIM, (task.id, task.attempts + 1))
 
     def _abort(self, error: Exception, message: Any) -> None:
         """Roll back: refuse the transaction's inserts, keep its updates to write again later."""
@@ -893,6 +903,10 @@ FETCH_READY = (
 )
 LEASE_S = 15.0  # how long the relay of one instance has to publish the tasks it leased, before another may
 FOLD_EVERY_S = 1.0  # how often the store folds the count changes into their totals (PostgreSQL)
+RELEASE_CLAIM = (
+    "UPDATE tasks SET status = 'queued', attempts = attempts - 1, started_at = NULL"
+    " WHERE id = ? AND status = 'running' AND attempts = ?"
+)
 LOST_ATTEMPT = "interrupted: the instance running it stopped"
 RECORD_ERROR = "INSERT INTO task_errors (task_id, attempt, error, failed_at) VALUES (?, ?, ?, ?)"
 

@@ -25,11 +25,15 @@ def test_no_accepted_task_is_lost_when_the_service_is_stopped_under_load(tmp_pat
         assert report.ran_again == 0, "a clean stop lets tasks in flight finish"
 
 
-def test_no_accepted_task_is_lost_when_a_distributed_instance_is_killed_under_load(tmp_path):
-    report = crash_test(tmp_path, 2, signal.SIGKILL, seed=7, distributed=True)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_no_accepted_task_is_lost_when_a_distributed_instance_is_stopped_under_load(tmp_path, sig):
+    report = crash_test(tmp_path, 2, sig, seed=7, distributed=True)
 
     assert len(report.accepted) >= 40
     assert report.lost == []
     assert report.completed == len(report.accepted)
     assert report.listed_twice == 0
     assert report.integrity == POSTGRES_INTEGRITY
+    if sig is signal.SIGTERM:
+        assert report.exit_codes == {0: 2}
+        assert report.ran_again == 0, "a clean stop gives back what it claimed and did not start"
