@@ -7,11 +7,12 @@ import pytest
 
 from actors.messages import Migrate
 from actors.migration import MigrationActor
+from actors.postgres import PostgresEngine
 from actors.store import StoreActor
 
 
 @pytest.fixture
-def store(db_path: str) -> pykka.ActorRef[Any]:
-    """A StoreActor on a freshly migrated temporary database."""
-    MigrationActor.start(db_path).ask(Migrate(), timeout=10)
-    return StoreActor.start(db_path)
+def store(database: str | PostgresEngine) -> pykka.ActorRef[Any]:
+    """A StoreActor on a freshly migrated temporary database (SQLite, or PostgreSQL on a schema of its own)."""
+    MigrationActor.start(database).ask(Migrate(), timeout=10)
+    return StoreActor.start(database)

@@ -23,6 +23,8 @@ from actors.messages import (
 )
 from tests.helpers import receive, row, start_recorder, wait_until
 
+pytestmark = pytest.mark.backends("embedded", "distributed")
+
 
 def new_task(n: int) -> NewTask:
     return NewTask(f"task-{n}", "uppercase", f'{{"text": "t{n}"}}', utc_now())
@@ -34,17 +36,18 @@ def insert(store, queue, task: NewTask) -> CommitSignal:
     return committed
 
 
-def test_an_insert_is_committed_before_its_sender_hears_of_it(store, db_path):
+def test_an_insert_is_committed_before_its_sender_hears_of_it(store, database):
     queue, inbox = start_recorder()
 
     insert(store, queue, new_task(1)).get(timeout=10)
 
-    stored = row(db_path, "task-1")  # a connection of our own sees it: it is committed
+    stored = row(database, "task-1")  # a connection of our own sees it: it is committed
     assert stored is not None
     assert (stored["status"], stored["action"], stored["attempts"]) == ("queued", "uppercase", 0)
     assert receive(inbox, TasksStored) == TasksStored((QueuedTask("task-1", "uppercase", '{"text": "t1"}', 0),))
 
 
+@pytest.mark.backends("embedded")  # holds SQLite's write lock
 def test_writes_that_arrive_together_share_one_commit(store, db_path):
     queue, inbox = start_recorder()
     blocker = sqlite3.connect(db_path, isolation_level=None)
@@ -61,21 +64,21 @@ def test_writes_that_arrive_together_share_one_commit(store, db_path):
     assert inbox.empty(), "one commit, so one TasksStored for all twenty"
 
 
-def test_a_task_moves_through_running_and_completed(store, db_path):
+def test_a_task_moves_through_running_and_completed(store, database):
     queue, _ = start_recorder()
     insert(store, queue, new_task(1)).get(timeout=10)
 
     store.tell(MarkRunning("task-1", "2026-01-01T00:00:00.000000Z"))
     store.tell(CompleteTask("task-1", '{"output": "T1"}', "2026-01-01T00:00:01.000000Z"))
 
-    done = wait_until(lambda: (r := row(db_path, "task-1"))["status"] == "completed" and r, what="completed")
+    done = wait_until(lambda: (r := row(database, "task-1"))["status"] == "completed" and r, what="completed")
     assert done["attempts"] == 1
     assert done["result"] == '{"output": "T1"}'
     assert done["started_at"] == "2026-01-01T00:00:00.000000Z"
     assert done["processed_at"] == "2026-01-01T00:00:01.000000Z"
 
 
-def test_a_retried_task_is_queued_again_and_a_failed_one_keeps_its_error(store, db_path):
+def test_a_retried_task_is_queued_again_and_a_failed_one_keeps_its_error(store, database):
     queue, _ = start_recorder()
     for n in (1, 2):
         insert(store, queue, new_task(n)).get(timeout=10)
@@ -84,9 +87,9 @@ def test_a_retried_task_is_queued_again_and_a_failed_one_keeps_its_error(store, 
     store.tell(RetryTask("task-1", 1, "RuntimeError: flaky", time.time() + 60, utc_now()))
     store.tell(FailTask("task-2", 1, "bad data", utc_now()))
 
-    retried = wait_until(lambda: (r := row(db_path, "task-1"))["status"] == "queued" and r, what="retry")
+    retried = wait_until(lambda: (r := row(database, "task-1"))["status"] == "queued" and r, what="retry")
     assert (retried["error"], retried["attempts"]) == ("RuntimeError: flaky", 1)
-    failed = wait_until(lambda: (r := row(db_path, "task-2"))["status"] == "failed" and r, what="failure")
+    failed = wait_until(lambda: (r := row(database, "task-2"))["status"] == "failed" and r, what="failure")
     assert (failed["error"], failed["result"]) == ("bad data", None)
 
 
@@ -119,7 +122,7 @@ def test_fetch_returns_at_most_the_limit(store):
     assert [t.id for t in reply.tasks] == ["task-0", "task-1"]
 
 
-def test_unfinished_tasks_are_requeued_unless_they_ran_out_of_attempts(store, db_path):
+def test_unfinished_tasks_are_requeued_unless_they_ran_out_of_attempts(store, database):
     queue, inbox = start_recorder()
     for n in (1, 2, 3, 4):
         insert(store, queue, new_task(n)).get(timeout=10)
@@ -134,27 +137,27 @@ def test_unfinished_tasks_are_requeued_unless_they_ran_out_of_attempts(store, db
     while not isinstance(reply := inbox.get(timeout=10), Recovered):
         pass
     assert reply == Recovered(unfinished=2)
-    assert row(db_path, "task-2")["status"] == "failed"
-    assert row(db_path, "task-1")["status"] == "queued"
-    assert row(db_path, "task-3")["status"] == "queued"
-    assert "interrupted" in row(db_path, "task-2")["error"]
+    assert row(database, "task-2")["status"] == "failed"
+    assert row(database, "task-1")["status"] == "queued"
+    assert row(database, "task-3")["status"] == "queued"
+    assert "interrupted" in row(database, "task-2")["error"]
     store.tell(FetchReady(10, queue))  # the requeued task keeps its turn, before task-3 stored after it
     while not isinstance(ready := inbox.get(timeout=10), ReadyTasks):
         pass
     assert [t.id for t in ready.tasks] == ["task-1", "task-3"]
 
 
-def test_stopping_the_store_commits_what_it_holds(store, db_path):
+def test_stopping_the_store_commits_what_it_holds(store, database):
     queue, _ = start_recorder()
     insert(store, queue, new_task(1)).get(timeout=10)
     store.tell(MarkRunning("task-1", utc_now()))
 
     store.stop(timeout=10)
 
-    assert row(db_path, "task-1")["status"] == "running"
+    assert row(database, "task-1")["status"] == "running"
 
 
-def test_the_store_outlives_a_queue_that_stopped_before_its_answer(store, db_path):
+def test_the_store_outlives_a_queue_that_stopped_before_its_answer(store, database):
     queue, _ = start_recorder()
     queue.stop()
 
@@ -162,4 +165,4 @@ def test_the_store_outlives_a_queue_that_stopped_before_its_answer(store, db_pat
     insert(store, start_recorder()[0], new_task(1)).get(timeout=10)
 
     assert store.is_alive()
-    assert row(db_path, "task-1") is not None
+    assert row(database, "task-1") is not None

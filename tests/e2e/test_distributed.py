@@ -6,12 +6,14 @@ from __future__ import annotations
 import itertools
 import re
 import signal
+import socket
 import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -157,3 +159,84 @@ def test_every_202_completes_through_a_rabbitmq_restart_and_killed_database_conn
             "what was refused was not stored"
         )
         assert {row["status"] for row in stored} == {"completed"}
+
+
+NGINX_CONF = """
+daemon off;
+user root;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream task_queue {{
+{servers}
+        keepalive 32;
+        keepalive_timeout 20s;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 1m;
+        location / {{
+            proxy_pass http://task_queue;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_next_upstream error;
+            proxy_read_timeout 15s;
+        }}
+    }}
+}}
+"""
+
+
+def test_instances_behind_nginx_as_the_readme_shows_take_tasks_while_one_stops(tmp_path, servers):
+    """The README's nginx configuration (Debian's nginx; CI installs it): submits through it keep
+    getting 202 while one instance stops, since a stopped instance refuses connections and nginx
+    passes the request to the next."""
+    url, _ = servers
+    with ExitStack() as stack:
+        instances = start_instances(tmp_path, servers, 2, "--work-delay-ms", "5")
+        for instance in instances:
+            stack.callback(instance.kill)
+        port = free_port()
+        upstreams = "\n".join(
+            f"        server {urlsplit(i.url).netloc} max_fails=1 fail_timeout=5s;" for i in instances
+        )
+        (tmp_path / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp_path, servers=upstreams, port=port))
+        nginx = subprocess.Popen(
+            ["nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        stack.callback(nginx.wait, 10)
+        stack.callback(nginx.terminate)
+        proxy = Service(str(tmp_path / "unused.db"), tmp_path / "proxy.log")  # a client of the proxy's address
+        proxy.url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: proxy_answers(proxy), what="nginx to answer")
+
+        before = [proxy.submit({"action": "uppercase", "data": {"text": str(n)}}) for n in range(40)]
+        assert instances[1].stop() == 0  # a clean stop: its port refuses connections from now on
+        after = [proxy.submit({"action": "uppercase", "data": {"text": str(n)}}) for n in range(40)]
+
+        wait_until(lambda: statuses(url)["completed"] == 80, timeout=60, what="the 80 tasks to complete")
+        assert {row["id"] for row in query(url, "SELECT id FROM tasks")} == set(before + after)
+        assert proxy.request("GET", f"/tasks/{before[0]}")[1]["status"] == "completed"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def proxy_answers(proxy: Service) -> bool:
+    try:
+        return proxy.request("GET", "/health")[0] == 200
+    except OSError:
+        return False
