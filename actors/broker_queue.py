@@ -23,14 +23,15 @@ How a task goes:
    (highest priority first, skipping those another instance is leasing), publish them with
    publisher confirms, and mark them published. A lease that ends unpublished (the instance died,
    RabbitMQ was down) lets any instance publish them again. The relay steps on new tasks, on the
-   next due time (delays, retries' backoff), after each step that found more waiting, and every
-   ``RELAY_EVERY_S``; on the way it learns the cluster's pause and backlog.
+   next due time (delays, retries' backoff), when an outcome is acked after a step that filled
+   the room, and every ``RELAY_EVERY_S``; on the way it learns the cluster's pause and backlog.
 3. **Delivered and claimed.** RabbitMQ delivers at most ``prefetch`` unacked messages to the
    instance. As workers are free, the store claims them: a task still queued and due becomes
    ``running`` with one more attempt; one that is finished, cancelled or running elsewhere is
-   skipped and its delivery acked. A redelivered task found ``running`` was left by an instance
-   that died: that attempt is recorded as interrupted, and the task runs again (or fails, out of
-   attempts).
+   skipped and its delivery acked. A task found ``running`` under this very message, now
+   redelivered, was left by an instance that died: that attempt is recorded as interrupted, and
+   the task runs again (or fails, out of attempts). After a reconnect, what the old connection
+   held and no worker started is given back; the new connection delivers it again.
 4. **Settled.** The outcome is written only if that attempt is still the task's latest (so an
    attempt overtaken by a redelivery cannot overwrite it), and the delivery is acked once it is
    committed. A retry is due again after its backoff and goes back through the relay.
@@ -108,6 +109,7 @@ class BrokerQueueActor(QueueActor):
         self._relay_again = False  # something happened meanwhile that calls for another step
         self._room = 0  # how many tasks the relay step under way may publish
         self._more_in_store = False  # the last step filled the room: more tasks may wait to publish
+        self._channel = 0  # the RabbitMQ connection's number: deliveries of older ones are redelivered
         self._pauses = 0  # pauses and resumes asked of this instance
         self._pauses_at_lease = 0  # ... when the lease under way was asked
 
@@ -142,7 +144,9 @@ class BrokerQueueActor(QueueActor):
                 self._room = 0 if self._paused else count  # (paused: publish nothing, so priorities hold)
                 self._pauses_at_lease = self._pauses
                 self._store.tell(LeaseDue(self._room, self.actor_ref))
-            case Connected():
+            case Connected(channel):
+                self._channel = channel
+                self._forget_older_deliveries()
                 self._relay()
             case Leased():
                 self._leased(message)
@@ -157,6 +161,7 @@ class BrokerQueueActor(QueueActor):
             case Claimed(tasks, skipped, failed):
                 self._claimed(tasks, skipped, failed)
             case Settled(receipts):
+                self._settling -= len(receipts)
                 self.link.ack(receipts)
                 if self._more_in_store:
                     self._relay()
@@ -232,8 +237,15 @@ class BrokerQueueActor(QueueActor):
         if time.monotonic() < self._claim_after:
             return
         free = self._settings.prefetch - len(self._in_flight) - len(self._ready)
-        if free > 0:
-            self._claiming = tuple(self._deliveries.popleft() for _ in range(min(free, len(self._deliveries))))
+        batch: list[Delivered] = []
+        while free > len(batch) and self._deliveries:
+            delivery = self._deliveries.popleft()
+            if delivery.task_id in self._receipts:  # it runs here: the message came again on a new connection
+                self._receipts[delivery.task_id] = delivery.receipt  # (its outcome is acked on that one)
+            else:
+                batch.append(delivery)
+        if batch:
+            self._claiming = tuple(batch)
             self._store.tell(ClaimTasks(self._claiming, self._settings.max_attempts, self.actor_ref))
 
     def _claimed(
@@ -245,6 +257,7 @@ class BrokerQueueActor(QueueActor):
             self._ready.add(task)
         if self._draining:  # claimed while stopping: none of them starts
             self._release_claimed()
+        self._forget_older_deliveries()
         if skipped:
             self.link.ack(skipped)
         if failed:  # the store cannot write now: they wait here (unacked) and are claimed again later
@@ -253,12 +266,29 @@ class BrokerQueueActor(QueueActor):
             self._schedule_wake(epoch_now() + CLAIM_RETRY_S)
 
     def _release_claimed(self) -> None:
-        """Stopping: the claimed tasks no worker has started go back to queued, as if never claimed (they
-        run after their delivery comes again, here or elsewhere, with no attempt counted)."""
+        """Stopping: the claimed tasks no worker has started go back to queued, as if never claimed; the
+        relay publishes them again (with no attempt counted), for this instance or another."""
         while self._ready:
-            task = self._ready.pop()
-            receipt = self._receipts.pop(task.id)
-            self._store.tell(Settle(ReleaseClaim(task.id), task.attempts + 1, receipt, self.actor_ref))
+            self._release(self._ready.pop())
+
+    def _release(self, task: QueuedTask) -> None:
+        receipt = self._receipts.pop(task.id)
+        self._settle_in_store(Settle(ReleaseClaim(task.id), task.attempts + 1, receipt, self.actor_ref))
+
+    def _settle_in_store(self, settle: Settle) -> None:
+        self._settling += 1
+        self._store.tell(settle)
+
+    def _forget_older_deliveries(self) -> None:
+        """After a reconnect, RabbitMQ delivers again what the old connection held: its deliveries not
+        claimed are dropped, and its claimed tasks no worker has started are released (the ones running
+        finish, and their outcomes are acked on the new connection, if it brings their message)."""
+        self._deliveries = deque(d for d in self._deliveries if d.receipt.channel == self._channel)
+        for task_id, receipt in list(self._receipts.items()):
+            if receipt.channel != self._channel and task_id not in self._in_flight:
+                task = self._ready.remove(task_id)
+                assert task is not None, "a claimed task not in flight waits in the window"
+                self._release(task)
 
     def _mark_running(self, task: QueuedTask) -> None:
         """(Claiming made it running.)"""
@@ -268,17 +298,29 @@ class BrokerQueueActor(QueueActor):
 
     def _write_outcome(self, flight: InFlight, update: CompleteTask | CancelRunning | RetryTask | FailTask) -> None:
         receipt = self._receipts.pop(flight.task.id)
-        self._store.tell(Settle(update, flight.attempt, receipt, self.actor_ref))
+        self._settle_in_store(Settle(update, flight.attempt, receipt, self.actor_ref))
 
     def _cancel(self, task_id: str, answer: pykka.Future[ControlResult]) -> None:
-        """A task claimed but waiting for a worker (dispatching is paused) ends cancelled without running."""
-        receipt = self._receipts.get(task_id)
-        if receipt is None or task_id in self._in_flight:
+        if self._waiting_claimed(task_id):
+            self._cancel_waiting(task_id, answer)
+        else:
             super()._cancel(task_id, answer)
-            return
+
+    def _interrupt(self, task_id: str, answer: pykka.Future[ControlResult] | None = None) -> bool:
+        if self._waiting_claimed(task_id):  # (a bulk cancel names it as running)
+            self._cancel_waiting(task_id, answer)
+            return True
+        return super()._interrupt(task_id, answer)
+
+    def _waiting_claimed(self, task_id: str) -> bool:
+        """Whether the task is claimed here (running, in the store) and waits for a worker."""
+        return task_id in self._receipts and task_id not in self._in_flight
+
+    def _cancel_waiting(self, task_id: str, answer: pykka.Future[ControlResult] | None) -> None:
+        """A claimed task waiting for a worker (dispatching is paused or held) ends cancelled without running."""
         task = self._ready.remove(task_id)
         assert task is not None, "a claimed task not in flight waits in the window"
-        del self._receipts[task_id]
+        receipt = self._receipts.pop(task_id)
         self._unfinished -= 1
-        cancelled = CancelRunning(task_id, "cancelled before it ran", utc_now(), (answer,))
-        self._store.tell(Settle(cancelled, task.attempts + 1, receipt, self.actor_ref))
+        cancelled = CancelRunning(task_id, "cancelled before it ran", utc_now(), () if answer is None else (answer,))
+        self._settle_in_store(Settle(cancelled, task.attempts + 1, receipt, self.actor_ref))

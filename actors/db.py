@@ -237,7 +237,6 @@ class Dialect:
     name: str
     transient_errors: tuple[type[Exception], ...]  #: a write that failed now and may work later
     errors: tuple[type[Exception], ...]  #: any error of the database
-    integrity_error: type[Exception]
     json_lists: bool  #: lists are passed as JSON text and read with json_each (else as arrays)
     error_order: str  #: the column that orders task_errors as they were written
     snapshot: str  #: begins a read-only transaction in which every query sees the database as of the first
@@ -257,7 +256,6 @@ SQLITE = Dialect(
     "sqlite",
     transient_errors=(sqlite3.OperationalError,),  # busy, read-only, disk full, I/O error
     errors=(sqlite3.Error,),
-    integrity_error=sqlite3.IntegrityError,
     json_lists=True,
     error_order="rowid",
     snapshot="BEGIN",

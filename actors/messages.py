@@ -311,6 +311,7 @@ class QueueState:
     unfinished: int  #: committed tasks not yet completed or failed (the backlog)
     finished_per_minute: tuple[int, ...] = ()  #: tasks finished in each of the last 60 minutes, oldest first
     broker_down: str | None = None  #: why there is no connection to RabbitMQ now (distributed mode)
+    settling: int = 0  #: outcomes sent to the store and not yet acked to RabbitMQ (distributed mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,6 +499,8 @@ class RoomFor:
 class Connected:
     """From the link: it is connected to RabbitMQ (at start, or again after losing it)."""
 
+    channel: int  #: the connection's number: deliveries of older ones are no longer this instance's
+
 
 @dataclass(frozen=True, slots=True)
 class Published:
@@ -545,7 +548,7 @@ class ClaimTasks:
 class Claimed:
     """The claimed tasks (now ``running``, with their attempt counted) with their receipts, and the
     receipts of the deliveries not to run (finished, cancelled, or run elsewhere): to ack as they are.
-    ``failed``: the store could not write; those deliveries go back to RabbitMQ."""
+    ``failed``: the store could not write; the queue keeps those deliveries and claims them again later."""
 
     tasks: tuple[tuple[QueuedTask, Receipt], ...]
     skipped: tuple[Receipt, ...]

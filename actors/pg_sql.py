@@ -14,7 +14,17 @@ The schema (:data:`MIGRATIONS`) is SQLite's at version 3, with two differences:
 
 from __future__ import annotations
 
-__all__ = ["CLAIM", "CLAIM_LOCK", "FOLD_COUNTS", "LEASE_DUE", "MARK_PUBLISHED", "MIGRATIONS", "NEXT_TO_PUBLISH"]
+__all__ = [
+    "CLAIM",
+    "CLAIMED",
+    "CLAIM_LOCK",
+    "FOLD_COUNTS",
+    "LEASE_DUE",
+    "MARK_PUBLISHED",
+    "MIGRATIONS",
+    "NEXT_TO_PUBLISH",
+    "PUBLISH_WHEN_DUE",
+]
 
 #: The schema, versioned as SQLite's: PostgreSQL starts at version 3, the schema SQLite has
 #: after its migrations 1 to 3. Never edit one that has been released: add the next version.
@@ -148,6 +158,8 @@ NEXT_TO_PUBLISH = "SELECT MIN(publish_after) FROM tasks WHERE publish_after > ?"
 #: Published: unless the task became due again since (a retry), under a new publish_after.
 MARK_PUBLISHED = "UPDATE tasks SET publish_after = NULL WHERE id = ANY(?) AND publish_after = ?"
 CLAIM_LOCK = "SELECT status, attempts, available_at, claimed_lease FROM tasks WHERE id = ? FOR UPDATE"
+CLAIMED = "SELECT action, payload, attempts - 1, priority, available_at FROM tasks WHERE id = ?"
+PUBLISH_WHEN_DUE = "UPDATE tasks SET publish_after = available_at WHERE id = ? AND status = 'queued'"
 #: ``claimed_lease``: the publish the running attempt came from, so that only that message, delivered
 #: again, takes the task over (its instance died), and a duplicate publish of it does not.
 CLAIM = (

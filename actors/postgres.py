@@ -29,6 +29,9 @@ __all__ = ["MIGRATIONS", "POSTGRES", "PgConnection", "PostgresEngine", "Row", "m
 
 CONNECT_TIMEOUT_S = 5
 APPLICATION_NAME = "task-queue"
+LOCK_TIMEOUT_MS = 5000
+#: A server that vanished (a network partition) is noticed within about 20 s, not the system's hours.
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 5, "keepalives_count": 3}
 
 POSTGRES = Dialect(
     "postgresql",
@@ -38,7 +41,6 @@ POSTGRES = Dialect(
         psycopg.errors.ReadOnlySqlTransaction,  # a standby
     ),
     errors=(psycopg.Error,),
-    integrity_error=psycopg.IntegrityError,
     json_lists=False,
     error_order="seq",
     snapshot="BEGIN ISOLATION LEVEL REPEATABLE READ",
@@ -102,7 +104,9 @@ class PgConnection:
         conninfo = self._url
         if "application_name" not in conninfo_to_dict(conninfo):  # how pg_stat_activity names its connections
             conninfo = make_conninfo(conninfo, application_name=APPLICATION_NAME)
+        conninfo = make_conninfo(conninfo, **KEEPALIVE)
         conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")  # a row another instance holds: 503, not a hang
         if self._read_only:
             conn.execute("SET default_transaction_read_only = on")
             conn.row_factory = _row_factory

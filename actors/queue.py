@@ -171,6 +171,7 @@ class QueueActor(Actor):
         self._throughput = Throughput()
         self._wake_timer: threading.Timer | None = None
         self._wake_at: float | None = None
+        self._settling = 0  # (distributed mode) outcomes written and not yet acked
 
     def on_start(self) -> None:
         if self._paused:
@@ -229,6 +230,7 @@ class QueueActor(Actor):
                     unfinished=self._unfinished,
                     finished_per_minute=self._throughput.per_minute(),
                     broker_down=self.broker_down(),
+                    settling=self._settling,
                 )
             case _:
                 raise TypeError(f"unexpected message {message!r}")

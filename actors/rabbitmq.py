@@ -101,8 +101,11 @@ class RabbitLink:
                     body = f"{task_id} {lease!r}".encode()
                     channel.basic_publish("", self._queue, body, PERSISTENT, mandatory=True)
                     done.append(task_id)
-            finally:  # what was not confirmed is published again once its lease ends
-                self._tell(Published(tuple(done), task_ids[len(done) :], lease))
+            except (pika.exceptions.NackError, pika.exceptions.UnroutableError) as e:  # the connection goes on
+                logger.warning("RabbitMQ did not take %d tasks (%s); they are published later", len(task_ids), e)
+            # What was not confirmed is published again once its lease ends (on a connection error, all of
+            # them: the refusal below says so, and a task published twice runs once).
+            self._tell(Published(tuple(done), task_ids[len(done) :], lease))
 
         self._request(publish, lambda: self._tell(Published((), task_ids, lease)))
 
@@ -141,7 +144,9 @@ class RabbitLink:
                 self._connect()
                 wait_s = RECONNECT_S
                 self._serve_until_stopped()
-            except LINK_ERRORS as e:
+            except Exception as e:  # the link reconnects; it never dies silently
+                if not isinstance(e, LINK_ERRORS):
+                    logger.exception("the RabbitMQ link failed; connecting again")
                 self._lost(e)
                 self._stopping.wait(wait_s)
                 wait_s = min(RECONNECT_MAX_S, wait_s * 2)
@@ -166,17 +171,26 @@ class RabbitLink:
         number = self._channel_number
 
         def delivered(_: Any, method: Any, __: Any, body: bytes) -> None:
-            task_id, _, lease = body.decode().partition(" ")
-            receipt = Receipt(number, method.delivery_tag)
-            self._tell(Delivered(task_id, receipt, method.redelivered, float(lease or "nan")))
+            try:
+                task_id, _, lease = body.decode().partition(" ")
+                message = Delivered(task_id, Receipt(number, method.delivery_tag), method.redelivered, float(lease))
+            except ValueError:  # not a message of ours: it would come back for ever
+                logger.error("dropped a message that is not a task's (%r) from queue %s", body[:100], self._queue)
+                channel.basic_ack(method.delivery_tag)
+                return
+            self._tell(message)
 
-        channel.basic_consume(self._queue, delivered)
+        try:
+            channel.basic_consume(self._queue, delivered)
+        except BaseException:
+            connection.close()
+            raise
         self._connection = connection
         if self._failed_before:
             logger.warning("connected to RabbitMQ again (after: %s)", self.down)
         self.down = None
         self._channel = channel
-        self._tell(Connected())
+        self._tell(Connected(number))
 
     def _serve_until_stopped(self) -> None:
         assert self._connection is not None
@@ -187,10 +201,15 @@ class RabbitLink:
     def _serve(self) -> None:
         while True:
             try:
-                work, _ = self._requests.get_nowait()
+                work, refused = self._requests.get_nowait()
             except Empty:
                 return
-            work(self._channel)
+            try:
+                work(self._channel)
+            except BaseException:
+                if refused is not None:  # the connection failed on the way: its asker still hears
+                    refused()
+                raise
 
     def _lost(self, error: BaseException) -> None:
         """Log the first failure of a connection (or of the first one), then nothing until it is back."""

@@ -365,16 +365,24 @@ class StoreActor(Actor):
             case ClaimTasks(deliveries, max_attempts, reply_to):
                 self._claim(deliveries, max_attempts, reply_to)
             case Settle(update, attempt, receipt, reply_to):
-                if isinstance(update, CancelRunning):
-                    self._cancel_running(update)
-                elif isinstance(update, ReleaseClaim):
-                    self._update(RELEASE_CLAIM, (update.task_id, attempt))
-                else:
-                    (sql, params), *more = _status_update(update)
-                    self._update(sql + " AND status = 'running' AND attempts = ?", (*params, attempt))
-                    for sql, params in more:
-                        self._update(sql, params)
+                self._settle(update, attempt)
                 self._settling.append((reply_to, receipt))
+
+    def _settle(self, update: CompleteTask | RetryTask | FailTask | CancelRunning | ReleaseClaim, attempt: int) -> None:
+        """Write how a delivered task's attempt ended, only if that attempt is still the task's latest and
+        running (an attempt taken over by another instance, or already ended, changes nothing)."""
+        if isinstance(update, ReleaseClaim):
+            self._update(RELEASE_CLAIM, (update.task_id, attempt))
+            return
+        if isinstance(update, CancelRunning):
+            cancelled = self._update(CANCEL_LATEST, (update.error, update.processed_at, update.task_id, attempt))
+            for answer in update.answers:
+                self._answer(update.task_id, answer, "cancelled" if cancelled else None)
+            return
+        (sql, params), *errors = _status_update(update)
+        for _, error in errors:  # first, while the update's condition still holds
+            self._update(RECORD_LATEST_ERROR, (*error, update.task_id, attempt))
+        self._update(sql + LATEST_ATTEMPT, (*params, attempt))
 
     def _lease_due(self, limit: int) -> Leased:
         """Lease (and commit) up to ``limit`` tasks due to publish, for the relay; with news of the cluster."""
@@ -407,10 +415,17 @@ class StoreActor(Actor):
                     sql = "UPDATE tasks SET status = 'failed', error = ?, processed_at = ? WHERE id = ?"
                     self.conn.execute(sql, (error, started_at, delivery.task_id))
                     lost_attempt = False
-            if (status == "queued" and available_at <= now) or lost_attempt:
+            # Claimed by this very delivery before, in a commit whose outcome was unknown (the connection was lost):
+            own_claim = status == "running" and claimed_lease == delivery.lease and not delivery.redelivered
+            if own_claim:
+                row = self.conn.execute(pg_sql.CLAIMED, (delivery.task_id,)).fetchone()
+                claimed.append((QueuedTask(delivery.task_id, *row), delivery.receipt))
+            elif (status == "queued" and available_at <= now) or lost_attempt:
                 row = self.conn.execute(pg_sql.CLAIM, (started_at, delivery.lease, delivery.task_id)).fetchone()
                 claimed.append((QueuedTask(delivery.task_id, *row), delivery.receipt))
             else:
+                if status == "queued":  # not due yet by this clock (another's runs ahead): published again when due
+                    self.conn.execute(pg_sql.PUBLISH_WHEN_DUE, (delivery.task_id,))
                 skipped.append(delivery.receipt)
         self._answers.append((None, None, (reply_to, Claimed(tuple(claimed), tuple(skipped)))))
 
@@ -525,13 +540,18 @@ class StoreActor(Actor):
         self._begin()
         batch = self.conn.execute(sql, (*params, BULK_BATCH)).fetchall()
         seqs = self._dialect.list_of([seq for seq, _, _ in batch])
+        status = progress.statuses[0]
         if isinstance(message, RetryMatching):
-            changed = self.conn.execute(RETRY_BATCH + self._dialect.any_of("seq"), (epoch_now(), seqs)).rowcount
+            changed = self.conn.execute(
+                RETRY_BATCH + self._dialect.any_of("seq") + IN_STATUS, (epoch_now(), seqs, status)
+            ).rowcount
             if changed:
                 requeued = Requeued(changed, max(priority for _, _, priority in batch))
                 self._answers.append((None, None, (message.reply_to, requeued)))
         else:
-            changed = self.conn.execute(CANCEL_BATCH + self._dialect.any_of("seq"), (utc_now(), seqs)).rowcount
+            changed = self.conn.execute(
+                CANCEL_BATCH + self._dialect.any_of("seq") + IN_STATUS, (utc_now(), seqs, status)
+            ).rowcount
         self._commit()  # if it fails, _abort answers with the batches done before this one
         if len(batch) == BULK_BATCH:
             return replace(progress, after=(batch[-1][1], batch[-1][0]), done=progress.done + changed)
@@ -762,7 +782,7 @@ class StoreActor(Actor):
             _reply(message.reply_to, TaskCancelled(message.task_id, cancelled=False))
         if isinstance(message, RetryMatching | CancelQueuedMatching):
             self._end_bulk(message, "the store cannot write now")
-        if isinstance(message, ClaimTasks):  # the deliveries go back to RabbitMQ
+        if isinstance(message, ClaimTasks):  # the queue claims them again later
             _reply(message.reply_to, Claimed((), (), tuple(delivery.receipt for delivery in message.deliveries)))
         if isinstance(message, FetchReady):  # nothing fetched: the queue asks again after the backoff
             _reply(message.reply_to, ReadyTasks((), next_due_at=epoch_now() + retry_s))
@@ -774,7 +794,7 @@ class StoreActor(Actor):
         """Tell the queue, if it waits to hear how a control request ended, that it was not written."""
         if isinstance(news, TaskCancelled):
             _reply(to, TaskCancelled(news.task_id, cancelled=False))
-        if isinstance(news, Claimed):  # the deliveries go back to RabbitMQ
+        if isinstance(news, Claimed):  # the queue claims them again later
             _reply(to, Claimed((), (), tuple(receipt for _, receipt in news.tasks) + news.skipped))
 
     def _note_fault(self, error: str, refused: int) -> Fault:
@@ -897,12 +917,22 @@ RETRY_BATCH = (
     " processed_at = NULL, available_at = ? WHERE "
 )
 CANCEL_BATCH = "UPDATE tasks SET status = 'cancelled', processed_at = ? WHERE "
+IN_STATUS = " AND status = ?"  # checked again on each row: on PostgreSQL, another instance may have changed it
 FETCH_READY = (
     "SELECT id, action, payload, attempts, priority, available_at FROM tasks INDEXED BY tasks_by_priority"
     " WHERE status = 'queued' AND available_at <= ?"
 )
 LEASE_S = 15.0  # how long the relay of one instance has to publish the tasks it leased, before another may
 FOLD_EVERY_S = 1.0  # how often the store folds the count changes into their totals (PostgreSQL)
+LATEST_ATTEMPT = " AND status = 'running' AND attempts = ?"  # (appended to "WHERE id = ?")
+RECORD_LATEST_ERROR = (
+    "INSERT INTO task_errors (task_id, attempt, error, failed_at) SELECT ?, ?, ?, ?"
+    " WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ? AND status = 'running' AND attempts = ?)"
+)
+CANCEL_LATEST = (
+    "UPDATE tasks SET status = 'cancelled', error = ?, processed_at = ? WHERE id = ? AND status = 'running'"
+    " AND attempts = ?"
+)
 RELEASE_CLAIM = (
     "UPDATE tasks SET status = 'queued', attempts = attempts - 1, started_at = NULL"
     " WHERE id = ? AND status = 'running' AND attempts = ?"

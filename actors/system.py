@@ -60,6 +60,7 @@ T = TypeVar("T")
 MIGRATION_TIMEOUT_S = 60.0
 CONTROL_TIMEOUT_S = 10.0  # how long a control request (cancel, retry, delete) waits for its answer
 BULK_TIMEOUT_S = 120.0  # and a bulk one, which goes 1,000 tasks per transaction
+SETTLE_POLL_S = 0.01  # how often a stop looks whether the last outcomes are acked (distributed mode)
 
 
 class NotAccepted(Exception):
@@ -292,8 +293,22 @@ class TaskSystem:
         workers: tuple[pykka.ActorRef[Any], ...] = ()
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             workers = self.queue.ask(Drain(), block=True, timeout=remaining())
-        for ref in (*workers, self.queue):
+        for ref in workers:
             _stop_actor(ref, remaining())
+        self._wait_for_settles(deadline)
+        _stop_actor(self.queue, remaining())
+
+    def _wait_for_settles(self, deadline: float) -> None:
+        """Distributed mode: before the queue closes its RabbitMQ connection, let the outcomes of the last
+        tasks be committed and acked (else RabbitMQ delivers them again, and another instance would take
+        a task over whose outcome is about to be written)."""
+        while self.config.distributed and time.monotonic() < deadline:
+            try:
+                if self.inspect().settling == 0:
+                    return
+            except (pykka.ActorDeadError, pykka.Timeout):
+                return
+            time.sleep(SETTLE_POLL_S)
 
     def close(self, timeout: float) -> None:
         """Close the readers, then stop the store, which commits the last writes; release the database."""

@@ -81,11 +81,13 @@ def test_a_delivery_is_claimed_once_and_a_finished_task_is_skipped(store, databa
     leased = lease(store)
 
     first = claim(store, delivered("t", leased.lease, tag=1))
-    again = claim(store, delivered("t", leased.lease, tag=2))  # a second delivery while it runs
+    again = claim(store, delivered("t", leased.lease + 1, tag=2))  # a second publish of it, while it runs
+    retried = claim(store, delivered("t", leased.lease, tag=1))  # the claim asked again (its commit was unknown)
 
     ((task, receipt),) = first.tasks
     assert (task.id, task.attempts, receipt.tag) == ("t", 0, 1)
     assert (again.tasks, again.skipped) == ((), (Receipt(1, 2),))
+    assert retried.tasks == first.tasks, "the same attempt, not one more"
 
     queue, inbox = start_recorder()
     store.tell(Settle(CompleteTask("t", '{"output": "X"}', utc_now()), 1, receipt, queue))
