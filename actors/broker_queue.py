@@ -196,7 +196,7 @@ class BrokerQueueActor(QueueActor):
             logger.info("dispatching %s by another instance", "paused" if leased.paused else "resumed")
         next_due_at = math.inf if leased.next_due_at is None else leased.next_due_at
         self._schedule_wake(min(next_due_at, epoch_now() + RELAY_EVERY_S))
-        self._more_in_store = len(leased.task_ids) >= self._room and not self._paused
+        self._more_in_store = 0 < self._room <= len(leased.task_ids)  # (no room: the timer looks again)
         if leased.task_ids:
             self.link.publish(leased.task_ids, leased.lease)
         else:
