@@ -18,6 +18,7 @@ setup(
         "orjson>=3.10,<4",
         "prometheus-client>=0.20,<1",
         "psycopg[binary]>=3.2,<4",  # store.url = "postgresql://...": the distributed mode's store
+        "psycopg-pool>=3.2,<4",  # its readers' connections
         "pika>=1.3,<2",  # queue.url = "amqp://...": the distributed mode's queue
     ],
     extras_require={

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg
 import psycopg.errors
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
 
 from actors.db import Dialect, utc_now
 from actors.engine import safe_url
@@ -29,6 +31,7 @@ __all__ = ["MIGRATIONS", "POSTGRES", "PgConnection", "PostgresEngine", "Row", "m
 
 CONNECT_TIMEOUT_S = 5
 APPLICATION_NAME = "task-queue"
+READERS = 8  # read connections of an instance, at most: with its writer, 9 of PostgreSQL's (100 by default)
 LOCK_TIMEOUT_MS = 5000
 #: A server that vanished (a network partition) is noticed within about 20 s, not the system's hours.
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 5, "keepalives_count": 3}
@@ -95,21 +98,13 @@ class PgConnection:
     terminated) is opened again at the next ``BEGIN``; until then, statements fail as the
     transaction they were in did."""
 
-    def __init__(self, url: str, *, read_only: bool = False) -> None:
+    def __init__(self, url: str) -> None:
         self._url = url
-        self._read_only = read_only
         self._conn = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conninfo = self._url
-        if "application_name" not in conninfo_to_dict(conninfo):  # how pg_stat_activity names its connections
-            conninfo = make_conninfo(conninfo, application_name=APPLICATION_NAME)
-        conninfo = make_conninfo(conninfo, **KEEPALIVE)
-        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        conn = psycopg.connect(_conninfo(self._url), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")  # a row another instance holds: 503, not a hang
-        if self._read_only:
-            conn.execute("SET default_transaction_read_only = on")
-            conn.row_factory = _row_factory
         return conn
 
     @property
@@ -132,6 +127,12 @@ class PgConnection:
             return self._conn.execute(_translated(sql, True), [_storable(value) for value in parameters])
         return self._conn.execute(_translated(sql, False))
 
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Any:
+        """One statement for many rows: psycopg sends them in one pipeline, without a round trip each."""
+        cursor = self._conn.cursor()
+        cursor.executemany(_translated(sql, True), [[_storable(value) for value in row] for row in parameters])
+        return cursor
+
     def close(self) -> None:
         self._conn.close()
 
@@ -144,15 +145,99 @@ class PostgresEngine:
     def __init__(self, url: str) -> None:
         self.url = url
         self.where = safe_url(url)
+        self._readers: ReadPool | None = None
+        self._readers_lock = threading.Lock()
 
     def connect_writer(self) -> PgConnection:
         return PgConnection(self.url)
 
-    def connect_reader(self) -> PgConnection:
-        return PgConnection(self.url, read_only=True)
+    def connect_reader(self) -> ReadPool:
+        """The readers' pool, shared by every thread that reads (one connection each would be one per
+        request thread of every instance: more than PostgreSQL's 100 connections)."""
+        with self._readers_lock:
+            if self._readers is None:
+                self._readers = ReadPool(self.url)
+            return self._readers
 
     def moved(self) -> bool:
         return False  # a server's database does not move from under its connections
+
+
+class ReadPool:
+    """Read-only connections for the API's threads, used like one connection: a statement borrows one
+    for itself, and a read-only transaction (``BEGIN`` ... ``ROLLBACK``) keeps one for its thread until
+    it ends. A broken connection is dropped by the pool, and the next read gets a new one."""
+
+    def __init__(self, url: str) -> None:
+        self._pool = ConnectionPool(
+            _conninfo(url),
+            min_size=1,
+            max_size=READERS,
+            kwargs={"autocommit": True, "row_factory": _row_factory},
+            configure=_read_only,
+            timeout=CONNECT_TIMEOUT_S,
+            name="task-queue-readers",
+            open=True,
+        )
+        self._held = threading.local()  # the thread's connection while it is in a transaction
+
+    @property
+    def in_transaction(self) -> bool:
+        return getattr(self._held, "conn", None) is not None
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> _Rows:
+        held: psycopg.Connection[Any] | None = getattr(self._held, "conn", None)
+        if sql.startswith("BEGIN"):
+            held = self._held.conn = self._pool.getconn()
+        if held is None:
+            with self._pool.connection() as conn:
+                return _run(conn, sql, parameters)
+        if sql == "ROLLBACK":
+            self._held.conn = None
+            try:
+                return _run(held, sql, parameters)
+            finally:
+                self._pool.putconn(held)
+        return _run(held, sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Any:
+        raise TypeError("readers do not write")
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class _Rows:
+    """A statement's rows, fetched before its connection went back to the pool."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+
+def _run(conn: psycopg.Connection[Any], sql: str, parameters: Sequence[Any]) -> _Rows:
+    if parameters:
+        cursor = conn.execute(_translated(sql, True), [_storable(value) for value in parameters])
+    else:
+        cursor = conn.execute(_translated(sql, False))
+    return _Rows(cursor.fetchall() if cursor.description else [])
+
+
+def _read_only(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET default_transaction_read_only = on")
+
+
+def _conninfo(url: str) -> str:
+    """``url`` with the connection settings every connection of an instance has."""
+    conninfo = url
+    if "application_name" not in conninfo_to_dict(conninfo):  # how pg_stat_activity names its connections
+        conninfo = make_conninfo(conninfo, application_name=APPLICATION_NAME)
+    return make_conninfo(conninfo, **KEEPALIVE)
 
 
 _MIGRATION_LOCK = "SELECT pg_advisory_lock(hashtext('task-queue migrations ' || current_schema()))"

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from actors.db import SQLITE, STATUSES, TaskFilter, is_damage, utc_from_epoch
+from actors.db import STATUSES, TaskFilter, is_damage, utc_from_epoch
 from actors.engine import Connection, Engine, SqliteEngine
 
 __all__ = ["Cursor", "TaskCounts", "TaskFilter", "TaskReader", "Unreadable"]
@@ -76,17 +76,7 @@ class TaskReader:
             if isinstance(e, sqlite3.Error) and is_damage(e):
                 self.damage = f"the database file is damaged ({e})"
                 raise Unreadable(self.damage) from e
-            if self._dialect is not SQLITE:  # the server may have closed it: the next read connects again
-                self._forget_connection()
             raise Unreadable(f"the database cannot be read now ({e})") from e
-
-    def _forget_connection(self) -> None:
-        conn = self._local.__dict__.pop("conn", None)
-        if conn is not None:
-            with self._lock:
-                self._connections.remove(conn)
-            with contextlib.suppress(*self._dialect.errors):
-                conn.close()
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         rows = self._query(SELECT_TASKS + " WHERE id = ?", (task_id,))
