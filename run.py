@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="task-queue",
         description=textwrap.fill(
             "Run the task-queue service: a REST API (POST /tasks, GET /tasks, GET /stats, GET /metrics) and a"
-            " dashboard (GET /) in front of actors that run tasks and keep them in SQLite.",
+            " dashboard (GET /) in front of actors that run tasks and keep them in SQLite (or, with store.url and"
+            " queue.url, in PostgreSQL with RabbitMQ, for many instances).",
             100,
         ),
         epilog=textwrap.fill(
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="TOML file overriding conf/default.toml")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one (default 8080)")
-    parser.add_argument("--db", help="SQLite file (default data/tasks.db)")
+    parser.add_argument("--db", help="SQLite file (default data/tasks.db; unused with store.url)")
     parser.add_argument("--workers", type=int, help="number of worker actors (default 2)")
     parser.add_argument("--work-delay-ms", type=int, help="simulated work per task (default 100)")
     return parser.parse_args(argv)

@@ -49,6 +49,10 @@ class DatabaseDamaged(Exception):
         )
 
 
+class SchemaMissing(Exception):
+    """Raised when the PostgreSQL schema the configuration names does not exist."""
+
+
 class MigrationActor(Actor):
     """Receives Migrate; replies the schema version; then stops."""
 
@@ -100,6 +104,11 @@ class MigrationActor(Actor):
         assert isinstance(conn, postgres.PgConnection)
         try:
             version, applied = postgres.migrate(conn, postgres.MIGRATIONS)
+        except postgres.InvalidSchemaName as e:
+            raise SchemaMissing(
+                f"the schema that store.url names (options=-csearch_path=...) does not exist in {engine.where}:"
+                " create it first (CREATE SCHEMA ...), or leave the search path out to use public"
+            ) from e
         finally:
             conn.close()
         for target in applied:

@@ -21,13 +21,14 @@ import psycopg
 import psycopg.errors
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.errors import InvalidSchemaName
 from psycopg_pool import ConnectionPool
 
 from actors.db import Dialect, utc_now
 from actors.engine import safe_url
 from actors.pg_sql import MIGRATIONS
 
-__all__ = ["MIGRATIONS", "POSTGRES", "PgConnection", "PostgresEngine", "Row", "migrate"]
+__all__ = ["MIGRATIONS", "POSTGRES", "InvalidSchemaName", "PgConnection", "PostgresEngine", "Row", "migrate"]
 
 CONNECT_TIMEOUT_S = 5
 APPLICATION_NAME = "task-queue"

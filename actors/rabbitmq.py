@@ -214,15 +214,16 @@ class RabbitLink:
     def _lost(self, error: BaseException) -> None:
         """Log the first failure of a connection (or of the first one), then nothing until it is back."""
         if self.down is None or not self._failed_before:
+            self.down = f"{type(error).__name__}: {str(error) or repr(error)}"
             logger.error(
-                "no connection to RabbitMQ (%s: %s); tasks are still accepted into PostgreSQL and published"
+                "no connection to RabbitMQ at %s:%s (%s); tasks are still accepted into PostgreSQL and published"
                 " once it is back; connecting again every %g to %g s",
-                type(error).__name__,
-                error,
+                self._parameters.host,
+                self._parameters.port,
+                self.down,
                 RECONNECT_S,
                 RECONNECT_MAX_S,
-            )
-            self.down = f"{type(error).__name__}: {error}"  # (later errors say only that it is still down)
+            )  # (later errors say only that it is still down)
         self._failed_before = True
         self._close()
         self._refuse_requests()

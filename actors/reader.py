@@ -146,13 +146,12 @@ class TaskReader:
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
         """Read in one transaction: every query sees the database as of the first."""
-        conn = self._conn()
         self._query(self._dialect.snapshot, (), rows=False)
         try:
             yield
         finally:
             with contextlib.suppress(*self._dialect.errors):  # a read-only transaction: ending it cannot lose anything
-                conn.execute("ROLLBACK")
+                self._conn().execute("ROLLBACK")
 
     def _counts(self) -> TaskCounts:
         by_status = dict.fromkeys(STATUSES, 0)

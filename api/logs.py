@@ -116,6 +116,7 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
         handler.setFormatter(TextLines())
     logging.basicConfig(level=config.level.upper(), handlers=[handler], force=True)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # its every step; the link logs what matters
+    logging.getLogger("pykka").setLevel(logging.WARNING)  # (an ask's failure, with its traceback: start-up says it)
 
 
 class RequestLog:

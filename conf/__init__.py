@@ -131,6 +131,9 @@ class Config:
             "log.format": self.log.format in ("text", "json"),
         }
         bad = [f"{name} ({self._value(name)!r})" for name, ok in checks.items() if not ok]
+        if not checks["server.max_stalled_submits"]:  # the one check that depends on another setting
+            i = bad.index(f"server.max_stalled_submits ({self.server.max_stalled_submits!r})")
+            bad[i] += f", which must be 1 to server.threads - 1 ({self.server.threads - 1})"
         if bad:
             raise ConfigError(f"invalid value for {', '.join(bad)}: see conf/default.toml, or task-queue --help")
         if bool(self.store.url) != bool(self.queue.url):
