@@ -124,12 +124,14 @@ class StopSignal:
         signal.signal(signal.SIGINT, self)
 
     def __call__(self, signum: int, frame: Any) -> None:
+        # Python may run a second signal's handler inside the first one (between two bytecodes), so the
+        # first marks the stop as begun before anything else, and a second one during it does nothing.
         if self.received_at is not None:
-            if not self.loop_ended.is_set():
+            if self._stopper is not None and not self.loop_ended.is_set():
                 raise SystemExit(0)  # ends waitress's loop at once
             return
-        logger.info("received %s, stopping", signal.Signals(signum).name)
         self.received_at = time.monotonic()
+        logger.info("received %s, stopping", signal.Signals(signum).name)
         self._system.accepting = False  # submits from now on get 503 at once
         self._stopper = threading.Thread(target=self._stop, name="stopper", daemon=True)
         self._stopper.start()

@@ -94,6 +94,18 @@ def test_sigterm_lets_tasks_in_flight_finish_and_exits_0(services, tmp_path):
     assert again.stop() == 0
 
 
+def test_two_signals_at_once_stop_the_service_once_and_cleanly(services, tmp_path):
+    service = start(services, tmp_path)
+    assert service.process is not None
+    for _ in range(2):  # as `kill` and a process manager might, one right after the other
+        service.process.send_signal(signal.SIGTERM)
+
+    assert service.process.wait(10) == 0
+    log = service.log()
+    assert log.count("received SIGTERM, stopping") == 1
+    assert "Traceback" not in log
+
+
 def test_when_the_store_dies_the_process_stops_loudly_with_exit_code_1(services, tmp_path, monkeypatch):
     monkeypatch.setenv("TASK_QUEUE_WORKERS_IMPORTS", "tests.e2e.sabotage")
     service = start(services, tmp_path, "--work-delay-ms", "0")
