@@ -24,6 +24,7 @@ __all__ = [
     "MIGRATIONS",
     "NEXT_TO_PUBLISH",
     "PUBLISH_WHEN_DUE",
+    "REPUBLISH_LOST",
 ]
 
 #: The schema, versioned as SQLite's: PostgreSQL starts at version 3, the schema SQLite has
@@ -49,6 +50,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 available_at  DOUBLE PRECISION NOT NULL,
                 priority      INTEGER NOT NULL DEFAULT 0,
                 publish_after DOUBLE PRECISION,
+                published_at  DOUBLE PRECISION,
                 claimed_lease DOUBLE PRECISION
             )
             """,
@@ -57,6 +59,8 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX tasks_ready ON tasks (available_at, seq) WHERE status = 'queued'",
             "CREATE INDEX tasks_by_priority ON tasks (priority DESC, available_at, seq) WHERE status = 'queued'",
             "CREATE INDEX tasks_to_publish ON tasks (publish_after) WHERE publish_after IS NOT NULL",
+            # Published and never claimed: the sweep looks here for tasks whose message was lost.
+            "CREATE INDEX tasks_published ON tasks (published_at) WHERE status = 'queued' AND publish_after IS NULL",
             """
             CREATE FUNCTION task_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
@@ -156,7 +160,14 @@ UPDATE tasks SET publish_after = ? WHERE seq IN (
 """
 NEXT_TO_PUBLISH = "SELECT MIN(publish_after) FROM tasks WHERE publish_after > ?"
 #: Published: unless the task became due again since (a retry), under a new publish_after.
-MARK_PUBLISHED = "UPDATE tasks SET publish_after = NULL WHERE id = ANY(?) AND publish_after = ?"
+MARK_PUBLISHED = "UPDATE tasks SET publish_after = NULL, published_at = ? WHERE id = ANY(?) AND publish_after = ?"
+#: The sweep: a task published long ago and still queued lost its message (RabbitMQ's delivery limit,
+#: a purge, a queue deleted): it is due to publish again. (A second message, if the first was only
+#: slow, is skipped at its claim.)
+REPUBLISH_LOST = (
+    "UPDATE tasks SET publish_after = ? WHERE seq IN (SELECT seq FROM tasks WHERE status = 'queued'"
+    " AND publish_after IS NULL AND published_at < ? LIMIT 1000 FOR UPDATE SKIP LOCKED)"
+)
 CLAIM_LOCK = "SELECT status, attempts, available_at, claimed_lease FROM tasks WHERE id = ? FOR UPDATE"
 CLAIMED = "SELECT action, payload, attempts - 1, priority, available_at FROM tasks WHERE id = ?"
 PUBLISH_WHEN_DUE = "UPDATE tasks SET publish_after = available_at WHERE id = ? AND status = 'queued'"

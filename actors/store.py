@@ -196,6 +196,7 @@ class StoreActor(Actor):
         self._unsettled: list[tuple[pykka.ActorRef[Any], Receipt]] = []  # theirs, after a fault rolled them back
         self._fold_timer: threading.Timer | None = None
         self._commit_unknown = False  # the last commit failed with its outcome unknown (the connection was lost)
+        self._swept_at = 0.0  # when the store last looked for tasks whose message was lost
 
     @property
     def conn(self) -> Connection:
@@ -375,7 +376,7 @@ class StoreActor(Actor):
             case LeaseDue(limit, reply_to):
                 _reply(reply_to, self._lease_due(limit))
             case MarkPublished(task_ids, lease):
-                self._update(pg_sql.MARK_PUBLISHED, (self._dialect.list_of(task_ids), lease))
+                self._update(pg_sql.MARK_PUBLISHED, (epoch_now(), self._dialect.list_of(task_ids), lease))
             case ClaimTasks(deliveries, max_attempts, reply_to):
                 self._claim(deliveries, max_attempts, reply_to)
             case Settle(update, attempt, receipt, reply_to):
@@ -403,6 +404,12 @@ class StoreActor(Actor):
         now = epoch_now()
         lease = now + LEASE_S
         self._begin()
+        if now - self._swept_at >= SWEEP_EVERY_S:
+            self._swept_at = now
+            lost = self.conn.execute(pg_sql.REPUBLISH_LOST, (now, now - LOST_AFTER_S)).rowcount
+            if lost:
+                logger.warning("%d tasks published over %g s ago were never delivered: publishing them again",
+                               lost, LOST_AFTER_S)  # fmt: skip
         rows = self.conn.execute(pg_sql.LEASE_DUE, (lease, now, limit)).fetchall() if limit > 0 else []
         next_due_at = self.conn.execute(pg_sql.NEXT_TO_PUBLISH, (now,)).fetchone()[0]
         paused = self.conn.execute("SELECT value FROM queue_settings WHERE name = 'paused'").fetchone()
@@ -942,6 +949,8 @@ FETCH_READY = (
     " WHERE status = 'queued' AND available_at <= ?"
 )
 LEASE_S = 15.0  # how long the relay of one instance has to publish the tasks it leased, before another may
+LOST_AFTER_S = 600.0  # a task published this long ago and never claimed lost its message: published again
+SWEEP_EVERY_S = 60.0  # how often a store looks for them (in a relay's lease)
 FOLD_EVERY_S = 1.0  # how often the store folds the count changes into their totals (PostgreSQL)
 LATEST_ATTEMPT = " AND status = 'running' AND attempts = ?"  # (appended to "WHERE id = ?")
 RECORD_LATEST_ERROR = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import pytest
 
 from actors.commit_signal import CommitSignal
@@ -25,6 +26,7 @@ from actors.messages import (
     Settled,
     TasksStored,
 )
+from actors.store import StoreActor
 from tests.helpers import query, receive, start_recorder, wait_until
 
 pytestmark = pytest.mark.backends("distributed")
@@ -146,3 +148,18 @@ def test_a_stored_task_is_news_for_the_queue_as_in_the_embedded_mode(store, data
     store.tell(InsertTask(NewTask("t", "uppercase", "{}", utc_now()), committed, queue))
     committed.get(timeout=10)
     assert [task.id for task in receive(inbox, TasksStored).tasks] == ["t"]
+
+
+def test_a_task_whose_message_was_lost_is_published_again(store, database):
+    submit(store, "t")
+    leased = lease(store)
+    store.tell(MarkPublished(("t",), leased.lease))
+    wait_until(lambda: query(database, "SELECT publish_after FROM tasks")[0]["publish_after"] is None)
+    with psycopg.connect(database.url, autocommit=True) as conn:  # as if published 20 minutes ago, never delivered
+        conn.execute("UPDATE tasks SET published_at = published_at - 1200")
+    assert lease(store).task_ids == (), "the sweep runs once a minute: not in this store's next lease"
+
+    store.stop()
+    another = StoreActor.start(database)  # a store that has not swept yet
+
+    assert lease(another).task_ids == ("t",)
