@@ -11,6 +11,7 @@ import datetime
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Dialog, Error, Locator,
 
 from tests.e2e.service import Service
 from tests.helpers import wait_until
+from tests.servers import AMQP_URL, postgres_schema, rabbitmq_queue
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 TIMEOUT_MS = 15_000
@@ -55,18 +57,29 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def start_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    """Starts the service on a fresh database (with extra environment variables); stops it at the end."""
+def start_service(tmp_path: Path, backend: str) -> Iterator[Callable[..., Service]]:
+    """Starts the service on a fresh database (with extra environment variables); stops it at the end.
+    On the distributed backend, on a PostgreSQL schema and a RabbitMQ queue of the test's own."""
     started: list[Service] = []
+    with ExitStack() as servers:
+        servers_env: dict[str, str] = {}
+        if backend == "distributed":
+            url, queue = servers.enter_context(postgres_schema()), servers.enter_context(rabbitmq_queue())
+            servers_env = {
+                "TASK_QUEUE_STORE_URL": url,
+                "TASK_QUEUE_QUEUE_URL": AMQP_URL,
+                "TASK_QUEUE_QUEUE_NAME": queue,
+            }
 
-    def start(env: dict[str, str] | None = None) -> Service:
-        service = Service(str(tmp_path / "data" / "tasks.db"), tmp_path / "run.log", "--work-delay-ms", "0", env=env)
-        started.append(service)
-        return service.start()
+        def start(env: dict[str, str] | None = None) -> Service:
+            db = str(tmp_path / "data" / "tasks.db")
+            service = Service(db, tmp_path / "run.log", "--work-delay-ms", "0", env={**servers_env, **(env or {})})
+            started.append(service)
+            return service.start()
 
-    yield start
-    for service in started:
-        service.shut()
+        yield start
+        for service in started:
+            service.shut()
 
 
 @pytest.fixture
@@ -171,6 +184,7 @@ def submit_in_page(page: Page, action: str, data: str, priority: str = "", delay
     return found.group(0)
 
 
+@pytest.mark.backends("embedded", "distributed")
 def test_a_task_submitted_in_the_page_completes_and_shows_its_result(service: Service, dashboard: Dashboard) -> None:
     page = dashboard.page
     page.fill("#submit-action", "uppercase")
@@ -216,6 +230,7 @@ def test_a_task_submitted_in_the_page_completes_and_shows_its_result(service: Se
     assert dashboard.problems() == []
 
 
+@pytest.mark.backends("embedded", "distributed")
 def test_a_failed_task_is_retried_from_its_detail_and_all_failed_ones_in_bulk(
     service: Service, dashboard: Dashboard
 ) -> None:
@@ -283,6 +298,7 @@ def test_a_failed_task_is_retried_from_its_detail_and_all_failed_ones_in_bulk(
     assert dashboard.problems() == []
 
 
+@pytest.mark.backends("embedded", "distributed")
 def test_pause_and_resume_in_the_page_agree_with_health(service: Service, dashboard: Dashboard) -> None:
     page = dashboard.page
     toggle = page.locator("#pause-toggle")
