@@ -31,14 +31,17 @@ def servers() -> Iterator[tuple[str, str]]:
         yield url, queue
 
 
-def start_instances(tmp_path: Path, servers: tuple[str, str], count: int, *flags: str) -> list[Service]:
-    """``count`` instances started together (so their migrations race), each ready."""
+def start_instances(
+    stack: ExitStack, tmp_path: Path, servers: tuple[str, str], count: int, *flags: str
+) -> list[Service]:
+    """``count`` instances started together (so their migrations race), each ready; ``stack`` kills them."""
     url, queue = servers
     env = {"TASK_QUEUE_STORE_URL": url, "TASK_QUEUE_QUEUE_URL": AMQP_URL, "TASK_QUEUE_QUEUE_NAME": queue}
     instances = [
         Service(str(tmp_path / "unused.db"), tmp_path / f"instance-{n}.log", *flags, env=env) for n in range(count)
     ]
     for instance in instances:
+        stack.callback(instance.kill)
         instance.launch()
     for instance in instances:
         instance.wait_ready()
@@ -52,9 +55,7 @@ def statuses(url: str) -> Counter[str]:
 def test_three_instances_share_the_work_and_a_killed_one_loses_nothing(tmp_path, servers):
     url, _ = servers
     with ExitStack() as stack:
-        instances = start_instances(tmp_path, servers, 3, "--work-delay-ms", "150")
-        for instance in instances:
-            stack.callback(instance.kill)
+        instances = start_instances(stack, tmp_path, servers, 3, "--work-delay-ms", "150")
         logs = "".join(instance.log() for instance in instances)
         assert logs.count("applied schema migration 3") == 1, "one instance migrates; the others find it done"
 
@@ -130,9 +131,7 @@ def rabbitmq_status(instance: Service) -> str:
 def test_every_202_completes_through_a_rabbitmq_restart_and_killed_database_connections(tmp_path, servers):
     url, _ = servers
     with ExitStack() as stack:
-        instances = start_instances(tmp_path, servers, 2, "--work-delay-ms", "5")
-        for instance in instances:
-            stack.callback(instance.kill)
+        instances = start_instances(stack, tmp_path, servers, 2, "--work-delay-ms", "5")
         load = Load(instances)
         load.start()
         stack.callback(load.stop)
@@ -200,9 +199,7 @@ def test_instances_behind_nginx_as_the_readme_shows_take_tasks_while_one_stops(t
     passes the request to the next."""
     url, _ = servers
     with ExitStack() as stack:
-        instances = start_instances(tmp_path, servers, 2, "--work-delay-ms", "5")
-        for instance in instances:
-            stack.callback(instance.kill)
+        instances = start_instances(stack, tmp_path, servers, 2, "--work-delay-ms", "5")
         port = free_port()
         upstreams = "\n".join(
             f"        server {urlsplit(i.url).netloc} max_fails=1 fail_timeout=5s;" for i in instances
