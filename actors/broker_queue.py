@@ -84,12 +84,18 @@ from actors.messages import (
 from actors.queue import InFlight, QueueActor
 from actors.rabbitmq import RabbitLink
 
-__all__ = ["BrokerQueueActor", "StartLink"]
+__all__ = ["QOS_PER_PREFETCH", "BrokerQueueActor", "StartLink"]
 
 logger = logging.getLogger(__name__)
 
 RELAY_EVERY_S = 1.0  # the relay steps at least this often: to publish what other instances left, and learn news
 CLAIM_RETRY_S = 0.5  # a claim the store could not write is tried again after this
+# Tasks claimed and not finished, per place in flight (``prefetch``): those running, and as many claimed ahead,
+# waiting for a worker (so the next ones are at hand when a worker is free, not a claim's commit away).
+CLAIMED_PER_PREFETCH = 2
+# RabbitMQ's basic.qos (unacked deliveries), per place in flight: the claimed ones, and as many again whose
+# outcomes are being committed or that wait to be claimed.
+QOS_PER_PREFETCH = 2 * CLAIMED_PER_PREFETCH
 
 StartLink = Callable[[pykka.ActorRef[Any]], RabbitLink]  # the queue -> its link, not started yet
 
@@ -97,8 +103,9 @@ StartLink = Callable[[pykka.ActorRef[Any]], RabbitLink]  # the queue -> its link
 class BrokerQueueActor(QueueActor):
     """A QueueActor whose ready tasks are RabbitMQ's deliveries, claimed in the store."""
 
-    def __init__(self, *args: Any, link: StartLink, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, link: StartLink, flow_store: pykka.ActorRef[Any], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._flow_store = flow_store  # writes the relay's leases, the claims and the outcomes
         self._make_link = link
         self._link: RabbitLink | None = None
         self._deliveries: deque[Delivered] = deque()  # delivered and not claimed yet
@@ -143,7 +150,7 @@ class BrokerQueueActor(QueueActor):
             case RoomFor(count):
                 self._room = 0 if self._paused else count  # (paused: publish nothing, so priorities hold)
                 self._pauses_at_lease = self._pauses
-                self._store.tell(LeaseDue(self._room, self.actor_ref))
+                self._flow_store.tell(LeaseDue(self._room, self.actor_ref))
             case Connected(channel):
                 self._channel = channel
                 self._forget_older_deliveries()
@@ -152,7 +159,7 @@ class BrokerQueueActor(QueueActor):
                 self._leased(message)
             case Published(published, failed, lease):
                 if published:
-                    self._store.tell(MarkPublished(published, lease))
+                    self._flow_store.tell(MarkPublished(published, lease))
                 if failed:
                     logger.warning("%d tasks not published now; they are published once their lease ends", len(failed))
                 self._relay_done()
@@ -194,6 +201,8 @@ class BrokerQueueActor(QueueActor):
         if leased.paused is not None and leased.paused != self._paused and not paused_here_since:
             self._paused = leased.paused
             logger.info("dispatching %s by another instance", "paused" if leased.paused else "resumed")
+            if self._paused:
+                self._release_claimed()
         next_due_at = math.inf if leased.next_due_at is None else leased.next_due_at
         self._schedule_wake(min(next_due_at, epoch_now() + RELAY_EVERY_S))
         self._more_in_store = 0 < self._room <= len(leased.task_ids)  # (no room: the timer looks again)
@@ -227,16 +236,18 @@ class BrokerQueueActor(QueueActor):
             if isinstance(message, SetPaused):
                 self._pauses += 1
             super()._control(message)
+            if self._paused:  # (claimed ahead, they would show running all the while)
+                self._release_claimed()
 
     # --- deliveries: claimed, run, settled ------------------------------------------------------
 
     def _refill(self) -> None:
-        """Claim as many deliveries as there are free places in flight."""
+        """Claim deliveries until ``CLAIMED_PER_PREFETCH * prefetch`` tasks are claimed here and not finished."""
         if self._claiming or not self._deliveries or self._draining or self._paused or self._holding:
             return
         if time.monotonic() < self._claim_after:
             return
-        free = self._settings.prefetch - len(self._in_flight) - len(self._ready)
+        free = CLAIMED_PER_PREFETCH * self._settings.prefetch - len(self._in_flight) - len(self._ready)
         batch: list[Delivered] = []
         while free > len(batch) and self._deliveries:
             delivery = self._deliveries.popleft()
@@ -246,7 +257,7 @@ class BrokerQueueActor(QueueActor):
                 batch.append(delivery)
         if batch:
             self._claiming = tuple(batch)
-            self._store.tell(ClaimTasks(self._claiming, self._settings.max_attempts, self.actor_ref))
+            self._flow_store.tell(ClaimTasks(self._claiming, self._settings.max_attempts, self.actor_ref))
 
     def _claimed(
         self, tasks: tuple[tuple[QueuedTask, Receipt], ...], skipped: tuple[Receipt, ...], failed: tuple[Receipt, ...]
@@ -266,8 +277,8 @@ class BrokerQueueActor(QueueActor):
             self._schedule_wake(epoch_now() + CLAIM_RETRY_S)
 
     def _release_claimed(self) -> None:
-        """Stopping: the claimed tasks no worker has started go back to queued, as if never claimed; the
-        relay publishes them again (with no attempt counted), for this instance or another."""
+        """Stopping or paused: the claimed tasks no worker has started go back to queued, as if never claimed;
+        the relay publishes them again (with no attempt counted), for this instance or another."""
         while self._ready:
             self._release(self._ready.pop())
 
@@ -277,7 +288,7 @@ class BrokerQueueActor(QueueActor):
 
     def _settle_in_store(self, settle: Settle) -> None:
         self._settling += 1
-        self._store.tell(settle)
+        self._flow_store.tell(settle)
 
     def _forget_older_deliveries(self) -> None:
         """After a reconnect, RabbitMQ delivers again what the old connection held: its deliveries not

@@ -168,12 +168,16 @@ REPUBLISH_LOST = (
     "UPDATE tasks SET publish_after = ? WHERE seq IN (SELECT seq FROM tasks WHERE status = 'queued'"
     " AND publish_after IS NULL AND published_at < ? LIMIT 1000 FOR UPDATE SKIP LOCKED)"
 )
-CLAIM_LOCK = "SELECT status, attempts, available_at, claimed_lease FROM tasks WHERE id = ? FOR UPDATE"
+#: A claim's tasks, locked in one order (so two claims never wait on each other in a cycle).
+CLAIM_LOCK = (
+    "SELECT id, status, attempts, available_at, claimed_lease FROM tasks WHERE id = ANY(?) ORDER BY id FOR UPDATE"
+)
 CLAIMED = "SELECT action, payload, attempts - 1, priority, available_at FROM tasks WHERE id = ?"
 PUBLISH_WHEN_DUE = "UPDATE tasks SET publish_after = available_at WHERE id = ? AND status = 'queued'"
 #: ``claimed_lease``: the publish the running attempt came from, so that only that message, delivered
 #: again, takes the task over (its instance died), and a duplicate publish of it does not.
 CLAIM = (
-    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?, claimed_lease = ? WHERE id = ?"
-    " RETURNING action, payload, attempts - 1, priority, available_at"
+    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?, claimed_lease = claim.lease"
+    " FROM unnest(?::text[], ?::double precision[]) AS claim (id, lease) WHERE tasks.id = claim.id"
+    " RETURNING tasks.id, action, payload, attempts - 1, priority, available_at"
 )

@@ -43,6 +43,7 @@ each commit, and the inserts of that commit are refused), or SQLite finds it dam
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -169,8 +170,10 @@ class StoreActor(Actor):
         idempotency_window_s: float = 86400.0,
         retention_s: float = 0.0,
         metrics: Metrics | None = None,
+        fold_counts: bool = True,
     ) -> None:
         super().__init__()
+        self._folds_counts = fold_counts  # (PostgreSQL) this store folds the count changes now and then
         if isinstance(database, str):
             database = SqliteEngine(database, synchronous, busy_timeout_ms, max_pages)
         self._engine: Engine = database
@@ -192,6 +195,7 @@ class StoreActor(Actor):
         self._fault: Fault | None = None
         self._bulk: dict[int, RetryMatching | CancelQueuedMatching] = {}  # bulk requests under way: the next step
         self._held_inserts: list[InsertTask] = []  # inserts not written yet: see the conn property
+        self._held_updates: list[Update] = []  # status updates not written yet: see _hold
         self._settling: list[tuple[pykka.ActorRef[Any], Receipt]] = []  # deliveries to ack after the commit
         self._unsettled: list[tuple[pykka.ActorRef[Any], Receipt]] = []  # theirs, after a fault rolled them back
         self._fold_timer: threading.Timer | None = None
@@ -204,13 +208,15 @@ class StoreActor(Actor):
         assert self._conn is not None, "the store is not started"
         if self._held_inserts:
             self._write_held_inserts(self._conn)
+        if self._held_updates:
+            self._write_held_updates(self._conn)
         return self._conn
 
     def on_start(self) -> None:
         self._conn = self._engine.connect_writer()
         if self._retention_s:
             self.actor_ref.tell(Prune())
-        if self._dialect.name == "postgresql":
+        if self._folds_counts and self._dialect.name == "postgresql":
             self.actor_ref.tell(FoldCounts())
 
     def on_stop(self) -> None:
@@ -323,6 +329,11 @@ class StoreActor(Actor):
                 self._inserted.remove(message)
                 self._refuse([message], "the task was not stored")
 
+    def _write_held_updates(self, conn: Connection) -> None:
+        held, self._held_updates = self._held_updates, []
+        for sql, group in itertools.groupby(held, key=lambda update: update[0]):  # in order, each run in one go
+            conn.executemany(sql, [params for _, params in group])
+
     def _take_key(self, message: InsertTask) -> bool:
         """Record the task's idempotency key for it, unless the key was used within the window: then answer
         with the earlier task (once the transaction that holds it is committed), or refuse a different request
@@ -370,13 +381,20 @@ class StoreActor(Actor):
         self._begin()
         return self.conn.execute(sql, params).rowcount
 
+    def _hold(self, sql: str, params: tuple[Any, ...]) -> None:
+        """A status update whose row count nobody needs: held back and written with the updates after it
+        before the next other statement (or the commit), in one round trip for each run of the same SQL."""
+        self._updates.append((sql, params))
+        self._begin()
+        self._held_updates.append((sql, params))
+
     def _distributed(self, message: LeaseDue | MarkPublished | ClaimTasks | Settle) -> None:
         """The distributed mode's writes: the relay's leases, claims of deliveries, and their outcomes."""
         match message:
             case LeaseDue(limit, reply_to):
                 _reply(reply_to, self._lease_due(limit))
             case MarkPublished(task_ids, lease):
-                self._update(pg_sql.MARK_PUBLISHED, (epoch_now(), self._dialect.list_of(task_ids), lease))
+                self._hold(pg_sql.MARK_PUBLISHED, (epoch_now(), self._dialect.list_of(task_ids), lease))
             case ClaimTasks(deliveries, max_attempts, reply_to):
                 self._claim(deliveries, max_attempts, reply_to)
             case Settle(update, attempt, receipt, reply_to):
@@ -387,7 +405,7 @@ class StoreActor(Actor):
         """Write how a delivered task's attempt ended, only if that attempt is still the task's latest and
         running (an attempt taken over by another instance, or already ended, changes nothing)."""
         if isinstance(update, ReleaseClaim):
-            self._update(RELEASE_CLAIM, (update.task_id, attempt))
+            self._hold(RELEASE_CLAIM, (update.task_id, attempt))
             return
         if isinstance(update, CancelRunning):
             cancelled = self._update(CANCEL_LATEST, (update.error, update.processed_at, update.task_id, attempt))
@@ -396,8 +414,8 @@ class StoreActor(Actor):
             return
         (sql, params), *errors = _status_update(update)
         for _, error in errors:  # first, while the update's condition still holds
-            self._update(RECORD_LATEST_ERROR, (*error, update.task_id, attempt))
-        self._update(sql + LATEST_ATTEMPT, (*params, attempt))
+            self._hold(RECORD_LATEST_ERROR, (*error, update.task_id, attempt))
+        self._hold(sql + LATEST_ATTEMPT, (*params, attempt))
 
     def _lease_due(self, limit: int) -> Leased:
         """Lease (and commit) up to ``limit`` tasks due to publish, for the relay; with news of the cluster."""
@@ -419,36 +437,44 @@ class StoreActor(Actor):
         return Leased(task_ids, lease, next_due_at, unfinished, paused is not None and paused[0] == "true")
 
     def _claim(self, deliveries: tuple[Delivered, ...], max_attempts: int, reply_to: pykka.ActorRef[Any]) -> None:
-        """Start the deliveries' tasks that are still to run; answer once committed (as Claimed)."""
+        """Start the deliveries' tasks that are still to run; answer once committed (as Claimed). One statement
+        locks and reads them all, one claims them all; the rare cases below take one statement each."""
         self._begin()
         now, started_at = epoch_now(), utc_now()
-        claimed: list[tuple[QueuedTask, Receipt]] = []
+        task_ids = self._dialect.list_of(sorted({delivery.task_id for delivery in deliveries}))
+        found = {row[0]: row[1:] for row in self.conn.execute(pg_sql.CLAIM_LOCK, (task_ids,)).fetchall()}
+        to_claim: dict[str, Delivered] = {}  # by task id, in the order they came
+        claimed: dict[str, tuple[QueuedTask, Receipt]] = {}  # claimed before, by this very delivery
         skipped: list[Receipt] = []
         for delivery in deliveries:
-            found = self.conn.execute(pg_sql.CLAIM_LOCK, (delivery.task_id,)).fetchone()
-            status, attempts, available_at, claimed_lease = found if found is not None else (None, 0, 0.0, None)
+            task_id = delivery.task_id
+            status, attempts, available_at, claimed_lease = found.pop(task_id, (None, 0, 0.0, None))
             # This very message came back from an instance that died (or lost RabbitMQ) while the task ran:
             lost_attempt = status == "running" and delivery.redelivered and claimed_lease == delivery.lease
             if lost_attempt:
-                self.conn.execute(RECORD_ERROR, (delivery.task_id, attempts, LOST_ATTEMPT, started_at))
+                self.conn.execute(RECORD_ERROR, (task_id, attempts, LOST_ATTEMPT, started_at))
                 if attempts >= max_attempts:
                     error = f"interrupted on each of its {attempts} attempts"
                     sql = "UPDATE tasks SET status = 'failed', error = ?, processed_at = ? WHERE id = ?"
-                    self.conn.execute(sql, (error, started_at, delivery.task_id))
+                    self.conn.execute(sql, (error, started_at, task_id))
                     lost_attempt = False
             # Claimed by this very delivery before, in a commit whose outcome was unknown (the connection was lost):
-            own_claim = status == "running" and claimed_lease == delivery.lease and not delivery.redelivered
-            if own_claim:
-                row = self.conn.execute(pg_sql.CLAIMED, (delivery.task_id,)).fetchone()
-                claimed.append((QueuedTask(delivery.task_id, *row), delivery.receipt))
+            if status == "running" and claimed_lease == delivery.lease and not delivery.redelivered:
+                row = self.conn.execute(pg_sql.CLAIMED, (task_id,)).fetchone()
+                claimed[task_id] = (QueuedTask(task_id, *row), delivery.receipt)
             elif (status == "queued" and available_at <= now) or lost_attempt:
-                row = self.conn.execute(pg_sql.CLAIM, (started_at, delivery.lease, delivery.task_id)).fetchone()
-                claimed.append((QueuedTask(delivery.task_id, *row), delivery.receipt))
-            else:
+                to_claim[task_id] = delivery
+            else:  # (a second delivery of a task in this batch finds nothing left: found.pop)
                 if status == "queued":  # not due yet by this clock (another's runs ahead): published again when due
-                    self.conn.execute(pg_sql.PUBLISH_WHEN_DUE, (delivery.task_id,))
+                    self.conn.execute(pg_sql.PUBLISH_WHEN_DUE, (task_id,))
                 skipped.append(delivery.receipt)
-        self._answers.append((None, None, (reply_to, Claimed(tuple(claimed), tuple(skipped)))))
+        if to_claim:
+            leases = [delivery.lease for delivery in to_claim.values()]
+            for task_id, *row in self.conn.execute(pg_sql.CLAIM, (started_at, list(to_claim), leases)).fetchall():
+                claimed[task_id] = (QueuedTask(task_id, *row), to_claim[task_id].receipt)
+        order = {delivery.receipt: n for n, delivery in enumerate(deliveries)}
+        in_order = tuple(sorted(claimed.values(), key=lambda task: order[task[1]]))
+        self._answers.append((None, None, (reply_to, Claimed(in_order, tuple(skipped)))))
 
     def _fold_counts(self) -> None:
         """Fold the count changes into their totals (PostgreSQL), then again after a while."""
@@ -764,6 +790,7 @@ class StoreActor(Actor):
     def _abort(self, error: Exception, message: Any) -> None:
         """Roll back: refuse the transaction's inserts, keep its updates to write again later."""
         self._held_inserts = []  # (they are among the inserts refused below)
+        self._held_updates = []  # (they are among the updates kept below)
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
         self._in_transaction = False

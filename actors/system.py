@@ -87,6 +87,9 @@ class TaskSystem:
     reader: TaskReader
     lock: DatabaseLock | None  #: the SQLite file's (None on PostgreSQL, which many instances share)
     metrics: Metrics | None = None  #: None when metrics are turned off
+    #: (distributed mode) a second StoreActor, on its own connection, for the queue's leases, claims and
+    #: outcomes, so that they do not wait behind the submits' inserts
+    flow_store: pykka.ActorRef[Any] | None = None
     accepting: bool = field(default=True)
     _waiting: dict[str, float] = field(default_factory=dict, init=False)  # task id -> when its submit began
     _waiting_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -257,8 +260,8 @@ class TaskSystem:
 
         The queue keeps its workers alive itself, and dies if it cannot.
         """
-        for name, ref in (("store", self.store), ("queue", self.queue)):
-            if not ref.is_alive():
+        for name, ref in (("store", self.store), ("queue's store", self.flow_store), ("queue", self.queue)):
+            if ref is not None and not ref.is_alive():
                 return f"the {name} actor is not running"
         return None
 
@@ -268,8 +271,11 @@ class TaskSystem:
         return state
 
     def inspect_store(self, timeout: float = 1.0) -> StoreState:
-        """What the store is going through; raises pykka.Timeout or ActorDeadError if it does not answer."""
+        """What the store is going through (the first fault of the two stores in the distributed mode);
+        raises pykka.Timeout or ActorDeadError if one does not answer."""
         state: StoreState = self.store.ask(Inspect(), block=True, timeout=timeout)
+        if self.flow_store is not None and state.fault is None:
+            state = self.flow_store.ask(Inspect(), block=True, timeout=timeout)
         return state
 
     def stop(self, timeout: float = 8.0) -> None:
@@ -313,7 +319,10 @@ class TaskSystem:
     def close(self, timeout: float) -> None:
         """Close the readers, then stop the store, which commits the last writes; release the database."""
         self.reader.close()  # before the store: the last connection to close checkpoints the WAL away
-        _stop_actor(self.store, timeout)
+        deadline = time.monotonic() + timeout
+        if self.flow_store is not None:
+            _stop_actor(self.flow_store, timeout)
+        _stop_actor(self.store, max(0.1, deadline - time.monotonic()))
         if self.lock is not None and not self.store.is_alive():  # a store still writing keeps the database
             self.lock.release()
 
@@ -360,25 +369,32 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         return WorkerActor.start(actions, delay_s, config.workers.task_timeout_s, supervisor, interrupts=interrupts)
 
     report = TaskReport(metrics, lines=config.log.tasks, task_data=config.log.task_data)
-    if config.distributed:
-        queue = _start_broker_queue(config, store, start_worker, report, paused)
-    else:
+    if not config.distributed:
         queue = QueueActor.start(store, start_worker, config.queue, config.workers, report=report, paused=paused)
-    return TaskSystem(config, schema_version, store, queue, reader, lock, metrics)
+        return TaskSystem(config, schema_version, store, queue, reader, lock, metrics)
+    flow_store = StoreActor.start(engine_for(config.store), metrics=metrics, fold_counts=False)
+    queue = _start_broker_queue(config, store, start_worker, report, paused=paused, flow_store=flow_store)
+    return TaskSystem(config, schema_version, store, queue, reader, lock, metrics, flow_store)
 
 
 def _start_broker_queue(
-    config: Config, store: pykka.ActorRef[Any], start_worker: StartWorker, report: TaskReport, paused: bool
+    config: Config,
+    store: pykka.ActorRef[Any],
+    start_worker: StartWorker,
+    report: TaskReport,
+    *,
+    paused: bool,
+    flow_store: pykka.ActorRef[Any],
 ) -> pykka.ActorRef[Any]:
     """The distributed mode's queue, fed by RabbitMQ."""
-    from actors.broker_queue import BrokerQueueActor  # (pika loads only in the distributed mode)
+    from actors.broker_queue import QOS_PER_PREFETCH, BrokerQueueActor  # (pika loads only in the distributed mode)
     from actors.rabbitmq import RabbitLink
 
     settings = config.queue
 
     def link(queue: pykka.ActorRef[Any]) -> RabbitLink:
-        return RabbitLink(settings.url, settings.name, settings.prefetch, settings.window, queue)
+        return RabbitLink(settings.url, settings.name, settings.prefetch * QOS_PER_PREFETCH, settings.window, queue)
 
     return BrokerQueueActor.start(
-        store, start_worker, settings, config.workers, report=report, paused=paused, link=link
+        store, start_worker, settings, config.workers, report=report, paused=paused, link=link, flow_store=flow_store
     )
