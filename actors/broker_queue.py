@@ -11,7 +11,7 @@ Protocol (besides the QueueActor's, which it keeps: Submit, acks and nacks, canc
               :class:`~actors.messages.Claimed`   (store) -> dispatches them; acks the skipped
               :class:`~actors.messages.Settled`   (store) -> acks them: their outcomes are committed
               :class:`~actors.messages.Drain`     (shutdown) -> releases the claimed tasks not started
-    sends     LeaseDue, MarkPublished, ClaimTasks and Settle to the store; requests to its
+    sends     LeaseDue, MarkPublished, ClaimTasks, Started and Settle to its store; requests to its
               :class:`~actors.rabbitmq.RabbitLink`
 
 How a task goes:
@@ -76,9 +76,11 @@ from actors.messages import (
     Requeued,
     RetryTask,
     RoomFor,
+    SavePaused,
     SetPaused,
     Settle,
     Settled,
+    Started,
     TaskCancelled,
 )
 from actors.queue import InFlight, QueueActor
@@ -150,7 +152,7 @@ class BrokerQueueActor(QueueActor):
             case RoomFor(count):
                 self._room = 0 if self._paused else count  # (paused: publish nothing, so priorities hold)
                 self._pauses_at_lease = self._pauses
-                self._flow_store.tell(LeaseDue(self._room, self.actor_ref))
+                self._flow_store.tell(LeaseDue(self._room, self._settings.max_attempts, self.actor_ref))
             case Connected(channel):
                 self._channel = channel
                 self._forget_older_deliveries()
@@ -203,6 +205,9 @@ class BrokerQueueActor(QueueActor):
             logger.info("dispatching %s by another instance", "paused" if leased.paused else "resumed")
             if self._paused:
                 self._release_claimed()
+        for task_id in leased.cancel_asked:  # (asked of another instance; the task ends cancelled once it stops)
+            if task_id not in self._cancelling:
+                self._interrupt(task_id)
         next_due_at = math.inf if leased.next_due_at is None else leased.next_due_at
         self._schedule_wake(min(next_due_at, epoch_now() + RELAY_EVERY_S))
         self._more_in_store = 0 < self._room <= len(leased.task_ids)  # (no room: the timer looks again)
@@ -232,12 +237,18 @@ class BrokerQueueActor(QueueActor):
         if isinstance(message, Requeued):  # due now, in the store: the relay publishes them
             self._unfinished += message.count
             self._relay()
-        else:
-            if isinstance(message, SetPaused):
-                self._pauses += 1
-            super()._control(message)
+        elif isinstance(message, SetPaused):
+            self._pauses += 1
+            self._paused = message.paused
+            # (Kept by the store that leases, so its next lease sees it: after a resume, the relay steps at once.)
+            self._flow_store.tell(SavePaused(message.paused, message.answer))
+            logger.info("dispatching %s", "paused" if message.paused else "resumed")
             if self._paused:  # (claimed ahead, they would show running all the while)
                 self._release_claimed()
+            else:
+                self._relay()
+        else:
+            super()._control(message)
 
     # --- deliveries: claimed, run, settled ------------------------------------------------------
 
@@ -302,7 +313,8 @@ class BrokerQueueActor(QueueActor):
                 self._release(task)
 
     def _mark_running(self, task: QueuedTask) -> None:
-        """(Claiming made it running.)"""
+        """(Claiming made it running; it may have waited for a worker since.)"""
+        self._flow_store.tell(Started(task.id, task.attempts + 1, utc_now()))
 
     def _being_cancelled(self, task_id: str) -> bool:
         return False  # the window holds claimed tasks, which the store no longer cancels as queued
@@ -322,6 +334,12 @@ class BrokerQueueActor(QueueActor):
             self._cancel_waiting(task_id, answer)
             return True
         return super()._interrupt(task_id, answer)
+
+    def _interrupt_all(self, running: tuple[str, ...]) -> int:
+        """The running tasks of a bulk cancel are interrupted here, or by the instances running them (the store
+        has asked them to): all count as cancelled."""
+        super()._interrupt_all(running)
+        return len(running)
 
     def _waiting_claimed(self, task_id: str) -> bool:
         """Whether the task is claimed here (running, in the store) and waits for a worker."""

@@ -37,9 +37,9 @@ __all__ = [
     "FetchReady",
     "FileMoved",
     "Flush",
-    "FoldCounts",
     "InsertTask",
     "Inspect",
+    "Instance",
     "LeaseDue",
     "Leased",
     "MarkPublished",
@@ -67,10 +67,12 @@ __all__ = [
     "SetPaused",
     "Settle",
     "Settled",
+    "Started",
     "StoreState",
     "Submit",
     "TaskCancelled",
     "TasksStored",
+    "Tick",
     "Wake",
     "WorkerFailed",
 ]
@@ -473,6 +475,7 @@ class LeaseDue:
     while (other instances skip them meanwhile); reply :class:`Leased`."""
 
     limit: int
+    max_attempts: int  #: (for the sweep: a task its instance left running fails after this many attempts)
     reply_to: ActorRef[Any]
 
 
@@ -485,6 +488,17 @@ class Leased:
     next_due_at: float | None  #: when the next task becomes due to publish (None: none waits)
     unfinished: int | None  #: tasks queued or running, in every instance (None: the store could not read)
     paused: bool | None  #: whether dispatching is paused (by any instance)
+    cancel_asked: tuple[str, ...] = ()  #: tasks running here that another instance was asked to cancel
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """(Distributed mode) this instance, as the ``instances`` table shows it."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,6 +542,15 @@ class Delivered:
     receipt: Receipt
     redelivered: bool  #: delivered before (to an instance that died, or that gave it back)
     lease: float  #: the relay's lease it was published under: which publish of the task this is
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """To the store: a claimed task was handed to a worker (it may have waited for one since its claim)."""
+
+    task_id: str
+    attempt: int
+    started_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -581,8 +604,9 @@ class Settled:
 
 
 @dataclass(frozen=True, slots=True)
-class FoldCounts:
-    """The store's timer, on PostgreSQL: fold the count changes into the totals."""
+class Tick:
+    """The store's timer, on PostgreSQL: fold the count changes into the totals, and (with an instance)
+    record that the instance is alive."""
 
 
 # --- to the MigrationActor -------------------------------------------------------------

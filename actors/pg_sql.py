@@ -1,6 +1,6 @@
 """PostgreSQL's schema and the distributed mode's statements (plain SQL: no driver is loaded here).
 
-The schema (:data:`MIGRATIONS`) is SQLite's at version 3, with two differences:
+The schema (:data:`MIGRATIONS`) is SQLite's at version 3, with these differences:
 
 - The outbox: ``publish_after`` is when a queued task is next to be handed to RabbitMQ (NULL:
   it has been, or it is not queued). A trigger sets it from ``available_at`` whenever a task
@@ -10,25 +10,33 @@ The schema (:data:`MIGRATIONS`) is SQLite's at version 3, with two differences:
   transactions wait on each other and deadlock. Triggers append changes to
   ``task_count_changes`` instead (appends never conflict); the view ``task_counts`` adds them
   to ``task_count_totals``, into which the store folds them now and then.
+- Instances (version 4): each instance's row in ``instances`` says when it was last seen; a
+  running task names the instance that claimed it (``claimed_by``), and ``cancel_asked`` says
+  that another instance was asked to cancel it.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CANCEL_ASKED",
+    "CANCEL_IF_ASKED",
     "CLAIM",
     "CLAIMED",
     "CLAIM_LOCK",
     "FOLD_COUNTS",
+    "FORGET_INSTANCES",
     "LEASE_DUE",
     "MARK_PUBLISHED",
     "MIGRATIONS",
     "NEXT_TO_PUBLISH",
+    "ORPHANED",
     "PUBLISH_WHEN_DUE",
     "REPUBLISH_LOST",
+    "SEEN",
 ]
 
-#: The schema, versioned as SQLite's: PostgreSQL starts at version 3, the schema SQLite has
-#: after its migrations 1 to 3. Never edit one that has been released: add the next version.
+#: The schema: PostgreSQL starts at version 3, the schema SQLite has after its migrations 1 to 3; from
+#: version 4 on, the two are numbered apart. Never edit one that has been released: add the next version.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
         3,
@@ -135,6 +143,23 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             """,
         ),
     ),
+    (
+        4,
+        (
+            """
+            CREATE TABLE instances (
+                id         TEXT PRIMARY KEY,
+                host       TEXT    NOT NULL,
+                pid        INTEGER NOT NULL,
+                started_at TEXT    NOT NULL,
+                seen_at    DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "ALTER TABLE tasks ADD COLUMN claimed_by TEXT",
+            "ALTER TABLE tasks ADD COLUMN cancel_asked BOOLEAN NOT NULL DEFAULT false",
+            "CREATE INDEX tasks_running_by_instance ON tasks (claimed_by) WHERE status = 'running'",
+        ),
+    ),
 )
 
 #: Folds the count changes into the totals. One instance at a time (the others skip it), so
@@ -170,14 +195,40 @@ REPUBLISH_LOST = (
 )
 #: A claim's tasks, locked in one order (so two claims never wait on each other in a cycle).
 CLAIM_LOCK = (
-    "SELECT id, status, attempts, available_at, claimed_lease FROM tasks WHERE id = ANY(?) ORDER BY id FOR UPDATE"
+    "SELECT id, status, attempts, available_at, claimed_lease, cancel_asked FROM tasks WHERE id = ANY(?)"
+    " ORDER BY id FOR UPDATE"
 )
 CLAIMED = "SELECT action, payload, attempts - 1, priority, available_at FROM tasks WHERE id = ?"
 PUBLISH_WHEN_DUE = "UPDATE tasks SET publish_after = available_at WHERE id = ? AND status = 'queued'"
 #: ``claimed_lease``: the publish the running attempt came from, so that only that message, delivered
 #: again, takes the task over (its instance died), and a duplicate publish of it does not.
 CLAIM = (
-    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?, claimed_lease = claim.lease"
+    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?, claimed_by = ?,"
+    " claimed_lease = claim.lease, cancel_asked = false"
     " FROM unnest(?::text[], ?::double precision[]) AS claim (id, lease) WHERE tasks.id = claim.id"
     " RETURNING tasks.id, action, payload, attempts - 1, priority, available_at"
+)
+
+#: The instance's heartbeat, in each relay step.
+SEEN = (
+    "INSERT INTO instances (id, host, pid, started_at, seen_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at"
+)
+#: Running tasks of this instance that another was asked to cancel.
+CANCEL_ASKED = "SELECT id FROM tasks WHERE claimed_by = ? AND status = 'running' AND cancel_asked"
+#: A cancel asked of a running task whose attempt ended otherwise (a retry, a claim given back) holds.
+CANCEL_IF_ASKED = (
+    "UPDATE tasks SET status = 'cancelled', error = ?, processed_at = ? WHERE id = ? AND status = 'queued'"
+    " AND cancel_asked"
+)
+#: The sweep: running tasks whose instance has not been seen for a while (it died, and RabbitMQ lost
+#: their message too, or they would have been delivered again long before).
+ORPHANED = (
+    "SELECT id, attempts, cancel_asked FROM tasks WHERE status = 'running' AND claimed_by IS NOT NULL"
+    " AND claimed_by NOT IN (SELECT id FROM instances WHERE seen_at >= ?) LIMIT 1000 FOR UPDATE SKIP LOCKED"
+)
+#: ... then the instances gone, once nothing they ran is left.
+FORGET_INSTANCES = (
+    "DELETE FROM instances WHERE seen_at < ? AND NOT EXISTS"
+    " (SELECT 1 FROM tasks WHERE status = 'running' AND claimed_by = instances.id)"
 )

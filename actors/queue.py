@@ -262,7 +262,7 @@ class QueueActor(Actor):
                 self._refetch()  # the window may hold tasks the store has cancelled
                 self._unfinished -= cancelled
                 if written:  # else the store has told the asker why it stopped
-                    answer.set(cancelled + sum(self._interrupt(task_id) for task_id in running))
+                    answer.set(cancelled + self._interrupt_all(running))
             case Requeued(count, top_priority):
                 self._unfinished += count
                 self._backlog = True  # they are due now: after the window, unless one outranks it
@@ -304,6 +304,10 @@ class QueueActor(Actor):
         self._interrupts[flight.worker].put(flight.dispatch)  # read by the worker's stopwatch
         logger.info("task %s: cancelling it on worker %d", task_id, flight.worker)
         return True
+
+    def _interrupt_all(self, running: tuple[str, ...]) -> int:
+        """Interrupt the tasks of a bulk cancel that run here; how many were."""
+        return sum(self._interrupt(task_id) for task_id in running)
 
     def _wake(self) -> None:
         """The timer of the next due task: fetch again, since what is due now may outrank the window."""

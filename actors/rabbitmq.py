@@ -15,6 +15,9 @@ messages:
 - deliveries -> :class:`~actors.messages.Delivered`, at most ``prefetch`` unacked at a time
   (``basic.qos``); ``ack(receipts)`` acks them once their outcomes are committed.
 
+Before the instance starts, :func:`check_broker` connects once: a login, virtual host or queue
+that RabbitMQ refuses stops the start (:class:`BrokerRefused`); RabbitMQ down does not.
+
 The queue is a durable quorum queue with a delivery limit, a guard against a message that
 takes its consumers down every time. If the connection fails, the link logs it once, reconnects
 with a backoff (0.5 s doubling to 5 s) and logs when it is back. Meanwhile publishes fail at
@@ -40,7 +43,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from actors.messages import Connected, Delivered, Published, Receipt, RoomFor
 
-__all__ = ["DELIVERY_LIMIT", "RabbitLink"]
+__all__ = ["DELIVERY_LIMIT", "BrokerRefused", "RabbitLink", "check_broker"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +54,69 @@ HEARTBEAT_S = 30
 LINK_ERRORS = (pika.exceptions.AMQPError, OSError)
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
+# RabbitMQ refuses the configuration itself: trying again changes nothing.
+REFUSALS = (
+    pika.exceptions.ProbableAuthenticationError,  # the user or password
+    pika.exceptions.ProbableAccessDeniedError,  # the virtual host
+    pika.exceptions.ChannelClosedByBroker,  # the queue, declared before with other arguments (a classic queue)
+)
+
 # A request: the work to do on the channel, and what to tell the queue if there is no channel.
 Request = tuple[Callable[[BlockingChannel], None], Callable[[], None] | None]
+
+
+class BrokerRefused(Exception):
+    """RabbitMQ refuses the configuration: the login, the virtual host, or the queue's declaration."""
+
+
+def check_broker(url: str, queue: str) -> str | None:
+    """Connect once, as the link will, before the instance starts. Raises :class:`BrokerRefused` if RabbitMQ
+    refuses the configuration (the start stops there, rather than retrying for ever); returns why it could not
+    be reached, or None: an instance starts while RabbitMQ is down, and its link connects once it is back."""
+    parameters = _parameters(url)
+    try:
+        connection, _ = _open(parameters, queue, prefetch=1)
+    except REFUSALS as e:
+        raise BrokerRefused(
+            f"RabbitMQ at {parameters.host}:{parameters.port} refused: {e}. Check queue.url (the user, password and"
+            " virtual host) and queue.name (a queue of that name declared otherwise, not as a quorum queue)"
+        ) from None
+    except LINK_ERRORS as e:
+        return f"{type(e).__name__}: {str(e) or repr(e)}"
+    with contextlib.suppress(*LINK_ERRORS):
+        connection.close()
+    return None
+
+
+def _parameters(url: str) -> pika.URLParameters:
+    parameters = pika.URLParameters(url)
+    parameters.heartbeat = HEARTBEAT_S
+    parameters.connection_attempts = 1
+    parameters.socket_timeout = 5
+    return parameters
+
+
+def _open(parameters: pika.URLParameters, queue: str, prefetch: int) -> tuple[pika.BlockingConnection, BlockingChannel]:
+    """A connection and its channel, with publisher confirms, the queue declared and ``basic.qos`` set."""
+    connection = pika.BlockingConnection(parameters)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(
+            queue, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT}
+        )
+        channel.basic_qos(prefetch_count=prefetch)
+    except BaseException:
+        connection.close()
+        raise
+    return connection, channel
 
 
 class RabbitLink:
     """Publishes, consumes and acks on one RabbitMQ connection, in a thread of its own."""
 
     def __init__(self, url: str, queue: str, prefetch: int, window: int, owner: pykka.ActorRef[Any]) -> None:
-        self._parameters = pika.URLParameters(url)
-        self._parameters.heartbeat = HEARTBEAT_S
-        self._parameters.connection_attempts = 1
-        self._parameters.socket_timeout = 5
+        self._parameters = _parameters(url)
         self._queue = queue
         self._prefetch = prefetch
         self._window = window
@@ -154,19 +208,7 @@ class RabbitLink:
         self._refuse_requests()
 
     def _connect(self) -> None:
-        connection = pika.BlockingConnection(self._parameters)
-        try:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            channel.queue_declare(
-                self._queue,
-                durable=True,
-                arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT},
-            )
-            channel.basic_qos(prefetch_count=self._prefetch)
-        except BaseException:
-            connection.close()
-            raise
+        connection, channel = _open(self._parameters, self._queue, self._prefetch)
         self._channel_number += 1
         number = self._channel_number
 

@@ -18,6 +18,13 @@ Protocol
               :class:`~actors.messages.Prune`        (its timer, with a retention) -> deletes old finished tasks
               :class:`~actors.messages.Inspect`      (edges, by ask)
               :class:`~actors.messages.FileMoved`    (sent to itself) -> stops (raises)
+              (the distributed mode's, from a BrokerQueueActor:)
+              :class:`~actors.messages.LeaseDue`     -> leases tasks to publish, sweeps; tells ``reply_to`` Leased
+              :class:`~actors.messages.MarkPublished`, :class:`~actors.messages.Started` -> written
+              :class:`~actors.messages.ClaimTasks`   -> after commit: tells ``reply_to`` Claimed
+              :class:`~actors.messages.Settle`       -> after commit: tells ``reply_to`` Settled
+              :class:`~actors.messages.Tick`         (its timer, on PostgreSQL) -> folds the counts, and
+                                                       records that its instance is alive
     replies   to Inspect: a :class:`~actors.messages.StoreState`; nothing else: answers go out as
               messages or through the ``committed`` futures
 
@@ -43,6 +50,7 @@ each commit, and the inserts of that commit are refused), or SQLite finds it dam
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -72,9 +80,9 @@ from actors.messages import (
     FetchReady,
     FileMoved,
     Flush,
-    FoldCounts,
     InsertTask,
     Inspect,
+    Instance,
     Leased,
     LeaseDue,
     MarkPublished,
@@ -96,9 +104,11 @@ from actors.messages import (
     SavePaused,
     Settle,
     Settled,
+    Started,
     StoreState,
     TaskCancelled,
     TasksStored,
+    Tick,
 )
 from actors.metrics import Metrics
 from actors.timers import tell_later
@@ -170,10 +180,12 @@ class StoreActor(Actor):
         idempotency_window_s: float = 86400.0,
         retention_s: float = 0.0,
         metrics: Metrics | None = None,
-        fold_counts: bool = True,
+        ticks: bool = True,
+        instance: Instance | None = None,
     ) -> None:
         super().__init__()
-        self._folds_counts = fold_counts  # (PostgreSQL) this store folds the count changes now and then
+        self._instance = instance  # (distributed mode) the instance this store writes for
+        self._ticks = ticks  # (PostgreSQL) this store does the chores of its Tick now and then
         if isinstance(database, str):
             database = SqliteEngine(database, synchronous, busy_timeout_ms, max_pages)
         self._engine: Engine = database
@@ -198,7 +210,7 @@ class StoreActor(Actor):
         self._held_updates: list[Update] = []  # status updates not written yet: see _hold
         self._settling: list[tuple[pykka.ActorRef[Any], Receipt]] = []  # deliveries to ack after the commit
         self._unsettled: list[tuple[pykka.ActorRef[Any], Receipt]] = []  # theirs, after a fault rolled them back
-        self._fold_timer: threading.Timer | None = None
+        self._tick_timer: threading.Timer | None = None
         self._commit_unknown = False  # the last commit failed with its outcome unknown (the connection was lost)
         self._swept_at = 0.0  # when the store last looked for tasks whose message was lost
 
@@ -216,17 +228,20 @@ class StoreActor(Actor):
         self._conn = self._engine.connect_writer()
         if self._retention_s:
             self.actor_ref.tell(Prune())
-        if self._folds_counts and self._dialect.name == "postgresql":
-            self.actor_ref.tell(FoldCounts())
+        if self._ticks and self._dialect.name == "postgresql":
+            self.actor_ref.tell(Tick())
 
     def on_stop(self) -> None:
-        for timer in (self._retry_timer, self._prune_timer, self._fold_timer):
+        for timer in (self._retry_timer, self._prune_timer, self._tick_timer):
             if timer is not None:
                 timer.cancel()
         try:
             self._commit()
         except self._dialect.transient_errors as e:
             self._abort(e, Flush())
+        if self._ticks and self._instance is not None:  # this instance is gone (see the sweep)
+            with contextlib.suppress(*self._dialect.errors):  # (else it is forgotten once not seen for a while)
+                self.conn.execute("DELETE FROM instances WHERE id = ?", (self._instance.id,))
         if self._unsaved:
             logger.error("stopping with %d status updates unsaved; those tasks run again", len(self._unsaved))
         for pending in list(self._bulk.values()):
@@ -239,7 +254,7 @@ class StoreActor(Actor):
         self._inserted, self._replayed = [], []
         for pending in list(self._bulk.values()):
             self._end_bulk(pending, "the store stopped")
-        for timer in (self._retry_timer, self._prune_timer, self._fold_timer):
+        for timer in (self._retry_timer, self._prune_timer, self._tick_timer):
             if timer is not None:
                 timer.cancel()
         if self._conn is not None:
@@ -275,9 +290,9 @@ class StoreActor(Actor):
             case FetchReady(limit, reply_to):
                 self._commit()
                 _reply(reply_to, self._fetch_ready(limit))
-            case LeaseDue() | MarkPublished() | ClaimTasks() | Settle():
+            case LeaseDue() | MarkPublished() | ClaimTasks() | Started() | Settle():
                 self._distributed(message)
-            case Flush() | RetryWrites() | Prune() | FileMoved() | FoldCounts():
+            case Flush() | RetryWrites() | Prune() | FileMoved() | Tick():
                 self._note_to_self(message)
             case Inspect():
                 return self._state()
@@ -285,7 +300,7 @@ class StoreActor(Actor):
                 raise TypeError(f"unexpected message {message!r}")
         return None
 
-    def _note_to_self(self, message: Flush | RetryWrites | Prune | FileMoved | FoldCounts) -> None:
+    def _note_to_self(self, message: Flush | RetryWrites | Prune | FileMoved | Tick) -> None:
         match message:
             case Flush():
                 if self._in_transaction:  # else a fault rolled it back; the retry timer takes over
@@ -296,8 +311,8 @@ class StoreActor(Actor):
                 self._prune()
             case FileMoved():
                 self._stop_for_moved_file()
-            case FoldCounts():
-                self._fold_counts()
+            case Tick():
+                self._tick()
 
     def _insert(self, message: InsertTask) -> None:
         task = message.task
@@ -388,15 +403,17 @@ class StoreActor(Actor):
         self._begin()
         self._held_updates.append((sql, params))
 
-    def _distributed(self, message: LeaseDue | MarkPublished | ClaimTasks | Settle) -> None:
+    def _distributed(self, message: LeaseDue | MarkPublished | ClaimTasks | Started | Settle) -> None:
         """The distributed mode's writes: the relay's leases, claims of deliveries, and their outcomes."""
         match message:
-            case LeaseDue(limit, reply_to):
-                _reply(reply_to, self._lease_due(limit))
+            case LeaseDue(limit, max_attempts, reply_to):
+                _reply(reply_to, self._lease_due(limit, max_attempts))
             case MarkPublished(task_ids, lease):
                 self._hold(pg_sql.MARK_PUBLISHED, (epoch_now(), self._dialect.list_of(task_ids), lease))
             case ClaimTasks(deliveries, max_attempts, reply_to):
                 self._claim(deliveries, max_attempts, reply_to)
+            case Started(task_id, attempt, started_at):
+                self._hold(STARTED, (started_at, task_id, attempt))
             case Settle(update, attempt, receipt, reply_to):
                 self._settle(update, attempt)
                 self._settling.append((reply_to, receipt))
@@ -406,6 +423,7 @@ class StoreActor(Actor):
         running (an attempt taken over by another instance, or already ended, changes nothing)."""
         if isinstance(update, ReleaseClaim):
             self._hold(RELEASE_CLAIM, (update.task_id, attempt))
+            self._hold(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, utc_now(), update.task_id))
             return
         if isinstance(update, CancelRunning):
             cancelled = self._update(CANCEL_LATEST, (update.error, update.processed_at, update.task_id, attempt))
@@ -416,25 +434,63 @@ class StoreActor(Actor):
         for _, error in errors:  # first, while the update's condition still holds
             self._hold(RECORD_LATEST_ERROR, (*error, update.task_id, attempt))
         self._hold(sql + LATEST_ATTEMPT, (*params, attempt))
+        if isinstance(update, RetryTask):
+            self._hold(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, utc_now(), update.task_id))
 
-    def _lease_due(self, limit: int) -> Leased:
-        """Lease (and commit) up to ``limit`` tasks due to publish, for the relay; with news of the cluster."""
-        now = epoch_now()
+    def _lease_due(self, limit: int, max_attempts: int) -> Leased:
+        """Lease (and commit) up to ``limit`` tasks due to publish, for the relay; with news of the cluster.
+        On the way, now and then, the sweep looks for what other instances left."""
+        assert self._instance is not None, "the distributed mode's store knows its instance"
+        instance, now = self._instance, epoch_now()
         lease = now + LEASE_S
         self._begin()
         if now - self._swept_at >= SWEEP_EVERY_S:
-            self._swept_at = now
-            lost = self.conn.execute(pg_sql.REPUBLISH_LOST, (now, now - LOST_AFTER_S)).rowcount
-            if lost:
-                logger.warning("%d tasks published over %g s ago were never delivered: publishing them again",
-                               lost, LOST_AFTER_S)  # fmt: skip
-        rows = self.conn.execute(pg_sql.LEASE_DUE, (lease, now, limit)).fetchall() if limit > 0 else []
-        next_due_at = self.conn.execute(pg_sql.NEXT_TO_PUBLISH, (now,)).fetchone()[0]
+            seen = self.conn.execute("SELECT seen_at FROM instances WHERE id = ?", (instance.id,)).fetchone()
+            if seen is not None and now - seen[0] < ALIVE_FOR_SWEEP_S:  # (else all were cut off, this one too)
+                self._swept_at = now
+                self._sweep(now, max_attempts)
         paused = self.conn.execute("SELECT value FROM queue_settings WHERE name = 'paused'").fetchone()
+        paused_now = paused is not None and paused[0] == "true"
+        # (Paused since the relay asked, by any instance: nothing is published, so priorities hold after a resume.)
+        leasing = limit > 0 and not paused_now
+        rows = self.conn.execute(pg_sql.LEASE_DUE, (lease, now, limit)).fetchall() if leasing else []
+        next_due_at = self.conn.execute(pg_sql.NEXT_TO_PUBLISH, (now,)).fetchone()[0]
+        cancel_asked = tuple(row[0] for row in self.conn.execute(pg_sql.CANCEL_ASKED, (instance.id,)).fetchall())
         unfinished = self._count_unfinished()
         self._commit()
         task_ids = tuple(task_id for task_id, _, _ in sorted(rows, key=lambda row: (-row[1], row[2])))
-        return Leased(task_ids, lease, next_due_at, unfinished, paused is not None and paused[0] == "true")
+        return Leased(task_ids, lease, next_due_at, unfinished, paused_now, cancel_asked)
+
+    def _sweep(self, now: float, max_attempts: int) -> None:
+        """Tasks other instances left behind: published long ago and never delivered (RabbitMQ lost the message)
+        are published again; running on an instance not seen for ``INSTANCE_LOST_AFTER_S`` (it died, and its
+        messages were lost too, else another instance would have taken them over long before) end that attempt
+        as interrupted and are queued again (or fail, out of attempts; or end cancelled, if that was asked)."""
+        lost = self.conn.execute(pg_sql.REPUBLISH_LOST, (now, now - LOST_AFTER_S)).rowcount
+        if lost:
+            logger.warning("%d tasks published over %g s ago were never delivered: publishing them again",
+                           lost, LOST_AFTER_S)  # fmt: skip
+        at = utc_now()
+        orphans = self.conn.execute(pg_sql.ORPHANED, (now - INSTANCE_LOST_AFTER_S,)).fetchall()
+        for task_id, attempts, cancel_asked in orphans:
+            if self._end_lost_attempt(task_id, attempts, cancel_asked, max_attempts, at):
+                self.conn.execute("UPDATE tasks SET status = 'queued', started_at = NULL WHERE id = ?", (task_id,))
+        if orphans:
+            logger.warning("%d tasks were left running by instances not seen for %g s: their attempts end interrupted",
+                           len(orphans), INSTANCE_LOST_AFTER_S)  # fmt: skip
+        self.conn.execute(pg_sql.FORGET_INSTANCES, (now - INSTANCE_LOST_AFTER_S,))
+
+    def _end_lost_attempt(self, task_id: str, attempts: int, cancel_asked: bool, max_attempts: int, at: str) -> bool:
+        """A running attempt cut off with its instance is recorded as interrupted; then the task ends cancelled,
+        if that was asked, or failed, out of attempts. Whether it may run again."""
+        self.conn.execute(RECORD_ERROR, (task_id, attempts, LOST_ATTEMPT, at))
+        if not cancel_asked and attempts < max_attempts:
+            return True
+        status = "cancelled" if cancel_asked else "failed"
+        error = CANCELLED_ELSEWHERE if cancel_asked else f"interrupted on each of its {attempts} attempts"
+        sql = "UPDATE tasks SET status = ?, error = ?, processed_at = ? WHERE id = ?"
+        self.conn.execute(sql, (status, error, at, task_id))
+        return False
 
     def _claim(self, deliveries: tuple[Delivered, ...], max_attempts: int, reply_to: pykka.ActorRef[Any]) -> None:
         """Start the deliveries' tasks that are still to run; answer once committed (as Claimed). One statement
@@ -448,16 +504,13 @@ class StoreActor(Actor):
         skipped: list[Receipt] = []
         for delivery in deliveries:
             task_id = delivery.task_id
-            status, attempts, available_at, claimed_lease = found.pop(task_id, (None, 0, 0.0, None))
+            status, attempts, available_at, claimed_lease, cancel_asked = found.pop(
+                task_id, (None, 0, 0.0, None, False)
+            )
             # This very message came back from an instance that died (or lost RabbitMQ) while the task ran:
             lost_attempt = status == "running" and delivery.redelivered and claimed_lease == delivery.lease
             if lost_attempt:
-                self.conn.execute(RECORD_ERROR, (task_id, attempts, LOST_ATTEMPT, started_at))
-                if attempts >= max_attempts:
-                    error = f"interrupted on each of its {attempts} attempts"
-                    sql = "UPDATE tasks SET status = 'failed', error = ?, processed_at = ? WHERE id = ?"
-                    self.conn.execute(sql, (error, started_at, task_id))
-                    lost_attempt = False
+                lost_attempt = self._end_lost_attempt(task_id, attempts, cancel_asked, max_attempts, started_at)
             # Claimed by this very delivery before, in a commit whose outcome was unknown (the connection was lost):
             if status == "running" and claimed_lease == delivery.lease and not delivery.redelivered:
                 row = self.conn.execute(pg_sql.CLAIMED, (task_id,)).fetchone()
@@ -470,20 +523,27 @@ class StoreActor(Actor):
                 skipped.append(delivery.receipt)
         if to_claim:
             leases = [delivery.lease for delivery in to_claim.values()]
-            for task_id, *row in self.conn.execute(pg_sql.CLAIM, (started_at, list(to_claim), leases)).fetchall():
+            instance = self._instance.id if self._instance is not None else None
+            claims = self.conn.execute(pg_sql.CLAIM, (started_at, instance, list(to_claim), leases)).fetchall()
+            for task_id, *row in claims:
                 claimed[task_id] = (QueuedTask(task_id, *row), to_claim[task_id].receipt)
         order = {delivery.receipt: n for n, delivery in enumerate(deliveries)}
         in_order = tuple(sorted(claimed.values(), key=lambda task: order[task[1]]))
         self._answers.append((None, None, (reply_to, Claimed(in_order, tuple(skipped)))))
 
-    def _fold_counts(self) -> None:
-        """Fold the count changes into their totals (PostgreSQL), then again after a while."""
+    def _tick(self) -> None:
+        """(PostgreSQL) Fold the count changes into their totals and record that this instance is alive; then
+        again after a while."""
         try:
             self._begin()
             self.conn.execute(pg_sql.FOLD_COUNTS)
+            if (instance := self._instance) is not None:
+                self.conn.execute(
+                    pg_sql.SEEN, (instance.id, instance.host, instance.pid, instance.started_at, epoch_now())
+                )
             self._commit()
         finally:
-            self._fold_timer = tell_later(self.actor_ref, FoldCounts(), FOLD_EVERY_S)
+            self._tick_timer = tell_later(self.actor_ref, Tick(), TICK_EVERY_S)
 
     def _control(self, message: ControlRequest) -> None:
         match message:
@@ -507,12 +567,21 @@ class StoreActor(Actor):
                 self._delete(message)
 
     def _cancel_queued(self, message: CancelQueued) -> None:
+        """Cancel a queued task. (Distributed mode) A task running on another instance is marked for it to
+        cancel: the answer is then ``running``, done, and the asker waits for it to end."""
         cancelled = self._control_write(
             "UPDATE tasks SET status = 'cancelled', processed_at = ? WHERE id = ? AND status = 'queued'",
             (utc_now(), message.task_id),
         )
+        asked = (
+            not cancelled
+            and self._instance is not None
+            and self._control_write(
+                "UPDATE tasks SET cancel_asked = true WHERE id = ? AND status = 'running'", (message.task_id,)
+            )
+        )
         then = (message.reply_to, TaskCancelled(message.task_id, cancelled))
-        self._answer(message.task_id, message.answer, "cancelled" if cancelled else None, then)
+        self._answer(message.task_id, message.answer, "cancelled" if cancelled else "running" if asked else None, then)
 
     def _cancel_running(self, message: CancelRunning) -> None:
         self._update(  # a status update: kept and written again after a fault, as a failure would be
@@ -569,8 +638,15 @@ class StoreActor(Actor):
             running: tuple[str, ...] = ()
             if "running" in message.filters.statuses:
                 running_filter = replace(message.filters, statuses=("running",))
-                sql, params = running_filter.applied_to("SELECT id FROM tasks", dialect=self._dialect)
+                if self._instance is None:
+                    sql, params = running_filter.applied_to("SELECT id FROM tasks", dialect=self._dialect)
+                else:  # (distributed mode) the instances running them are asked to cancel them, as one is
+                    self._begin()
+                    sql, params = running_filter.applied_to(ASK_TO_CANCEL, dialect=self._dialect)
+                    sql += " RETURNING id"
                 running = tuple(task_id for (task_id,) in self.conn.execute(sql, params))
+                if self._instance is not None:
+                    self._commit()
             if not _reply(message.reply_to, MatchingCancelled(progress.done, running, message.answer, written=True)):
                 message.answer.set(progress.done)  # the queue has stopped: nothing to interrupt, and no one to answer
 
@@ -977,13 +1053,17 @@ FETCH_READY = (
 )
 LEASE_S = 15.0  # how long the relay of one instance has to publish the tasks it leased, before another may
 LOST_AFTER_S = 600.0  # a task published this long ago and never claimed lost its message: published again
-SWEEP_EVERY_S = 60.0  # how often a store looks for them (in a relay's lease)
-FOLD_EVERY_S = 1.0  # how often the store folds the count changes into their totals (PostgreSQL)
+SWEEP_EVERY_S = 60.0  # how often a store looks for them, and for tasks left running (in a relay's lease)
+INSTANCE_LOST_AFTER_S = 30.0  # an instance not seen for this long is gone: what it left running is taken over
+ALIVE_FOR_SWEEP_S = 5.0  # ... by an instance itself seen this recently
+TICK_EVERY_S = 1.0  # how often the store folds the count changes and records that its instance is alive (PostgreSQL)
 LATEST_ATTEMPT = " AND status = 'running' AND attempts = ?"  # (appended to "WHERE id = ?")
 RECORD_LATEST_ERROR = (
     "INSERT INTO task_errors (task_id, attempt, error, failed_at) SELECT ?, ?, ?, ?"
     " WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ? AND status = 'running' AND attempts = ?)"
 )
+ASK_TO_CANCEL = "UPDATE tasks SET cancel_asked = true"
+STARTED = "UPDATE tasks SET started_at = ? WHERE id = ? AND status = 'running' AND attempts = ?"
 CANCEL_LATEST = (
     "UPDATE tasks SET status = 'cancelled', error = ?, processed_at = ? WHERE id = ? AND status = 'running'"
     " AND attempts = ?"
@@ -993,6 +1073,7 @@ RELEASE_CLAIM = (
     " WHERE id = ? AND status = 'running' AND attempts = ?"
 )
 LOST_ATTEMPT = "interrupted: the instance running it stopped"
+CANCELLED_ELSEWHERE = "cancelled (asked of another instance)"
 RECORD_ERROR = "INSERT INTO task_errors (task_id, attempt, error, failed_at) VALUES (?, ?, ?, ?)"
 
 

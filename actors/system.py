@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,7 @@ import pykka
 
 from actors.actions import ActionRegistry, registry
 from actors.commit_signal import CommitSignal
-from actors.db import TaskFilter
+from actors.db import TaskFilter, utc_now
 from actors.dblock import DatabaseLock
 from actors.engine import engine_for, safe_url
 from actors.messages import (
@@ -34,6 +37,7 @@ from actors.messages import (
     DeleteTask,
     Drain,
     Inspect,
+    Instance,
     Migrate,
     NewTask,
     QueueState,
@@ -60,6 +64,7 @@ T = TypeVar("T")
 MIGRATION_TIMEOUT_S = 60.0
 CONTROL_TIMEOUT_S = 10.0  # how long a control request (cancel, retry, delete) waits for its answer
 BULK_TIMEOUT_S = 120.0  # and a bulk one, which goes 1,000 tasks per transaction
+CANCEL_POLL_S = 0.05  # how often a cancel asked of another instance looks whether the task has ended
 SETTLE_POLL_S = 0.01  # how often a stop looks whether the last outcomes are acked (distributed mode)
 
 
@@ -188,10 +193,22 @@ class TaskSystem:
             raise NotAccepted(str(e)) from None
 
     def cancel(self, task_id: str) -> ControlResult:
-        """Cancel a queued task, or interrupt a running one; its status after, or why it could not be done."""
+        """Cancel a queued task, or interrupt a running one; its status after, or why it could not be done.
+
+        (Distributed mode) A task running on another instance is marked for that instance to cancel, which
+        it sees within a relay step (``RELAY_EVERY_S``); this waits for the task to end, as it would here."""
+        deadline = time.monotonic() + CONTROL_TIMEOUT_S
         answer: pykka.Future[ControlResult] = pykka.ThreadingFuture()
         self._tell(self.queue, CancelTask(task_id, answer))
-        return self._answer(answer)
+        result = self._answer(answer)
+        while result.status == "running" and result.done:  # asked of the instance running it
+            if time.monotonic() > deadline:
+                raise NotAccepted("the instance running the task was asked to cancel it and has not yet; look it up")
+            time.sleep(CANCEL_POLL_S)
+            task = self.reader.get(task_id)
+            if task is not None and task["status"] != "running":
+                result = ControlResult(task["status"], done=task["status"] == "cancelled")
+        return result
 
     def retry(self, task_id: str) -> ControlResult:
         """Queue a failed or cancelled task again, as a new series of attempts."""
@@ -350,6 +367,8 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         schema_version: int = migration.ask(Migrate(), block=True, timeout=MIGRATION_TIMEOUT_S)
         migration.actor_stopped.wait(MIGRATION_TIMEOUT_S)
         paused = reader.paused()  # dispatching stays paused across a restart
+        if config.distributed:
+            _check_broker(config)
     except BaseException:
         reader.close()
         if lock is not None:
@@ -357,11 +376,13 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         raise
 
     metrics = Metrics(actions.names()) if config.metrics.enabled else None
+    instance = Instance(uuid.uuid4().hex, socket.gethostname(), os.getpid(), utc_now()) if config.distributed else None
     store = StoreActor.start(
         engine_for(config.store),
         idempotency_window_s=config.store.idempotency_window_s,
         retention_s=config.store.retention_s,
         metrics=metrics,
+        instance=instance,
     )
 
     def start_worker(supervisor: pykka.ActorRef[Any], interrupts: SimpleQueue[int]) -> pykka.ActorRef[Any]:
@@ -372,9 +393,23 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
     if not config.distributed:
         queue = QueueActor.start(store, start_worker, config.queue, config.workers, report=report, paused=paused)
         return TaskSystem(config, schema_version, store, queue, reader, lock, metrics)
-    flow_store = StoreActor.start(engine_for(config.store), metrics=metrics, fold_counts=False)
+    flow_store = StoreActor.start(engine_for(config.store), metrics=metrics, ticks=False, instance=instance)
     queue = _start_broker_queue(config, store, start_worker, report, paused=paused, flow_store=flow_store)
     return TaskSystem(config, schema_version, store, queue, reader, lock, metrics, flow_store)
+
+
+def _check_broker(config: Config) -> None:
+    """Stop the start if RabbitMQ refuses the configuration; only warn if it is down now."""
+    from actors.rabbitmq import check_broker  # (pika loads only in the distributed mode)
+
+    down = check_broker(config.queue.url, config.queue.name)
+    if down is not None:
+        logger.warning(
+            "RabbitMQ at %s cannot be reached now (%s): starting all the same; tasks are accepted into PostgreSQL"
+            " and published once it is back",
+            safe_url(config.queue.url),
+            down,
+        )
 
 
 def _start_broker_queue(

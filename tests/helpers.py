@@ -16,6 +16,8 @@ import psycopg
 import psycopg.rows
 import pykka
 
+from actors.db import utc_now
+from actors.messages import Instance
 from actors.postgres import PostgresEngine
 
 T = TypeVar("T")
@@ -33,6 +35,11 @@ def wait_until(condition: Callable[[], T | None], timeout: float = DEADLINE_S, w
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.005)
+
+
+def an_instance(name: str) -> Instance:
+    """An instance of the distributed mode, as its stores know it."""
+    return Instance(name, "test-host", os.getpid(), utc_now())
 
 
 def busy_for(seconds: float) -> None:

@@ -6,14 +6,17 @@ from __future__ import annotations
 import time
 
 import psycopg
+import pykka
 import pytest
 
 from actors.commit_signal import CommitSignal
 from actors.db import utc_now
 from actors.messages import (
+    CancelQueued,
     Claimed,
     ClaimTasks,
     CompleteTask,
+    ControlResult,
     Delivered,
     InsertTask,
     Leased,
@@ -24,10 +27,11 @@ from actors.messages import (
     RetryTask,
     Settle,
     Settled,
+    TaskCancelled,
     TasksStored,
 )
 from actors.store import StoreActor
-from tests.helpers import query, receive, start_recorder, wait_until
+from tests.helpers import an_instance, query, receive, start_recorder, wait_until
 
 pytestmark = pytest.mark.backends("distributed")
 
@@ -42,13 +46,13 @@ def submit(store, task_id: str, priority: int = 0, run_at: float | None = None) 
 
 def lease(store, limit: int = 10) -> Leased:
     relay, inbox = start_recorder()
-    store.tell(LeaseDue(limit, relay))
+    store.tell(LeaseDue(limit, 3, relay))
     return receive(inbox, Leased)
 
 
-def claim(store, *deliveries: Delivered) -> Claimed:
+def claim(store, *deliveries: Delivered, max_attempts: int = 3) -> Claimed:
     queue, inbox = start_recorder()
-    store.tell(ClaimTasks(deliveries, 3, queue))
+    store.tell(ClaimTasks(deliveries, max_attempts, queue))
     return receive(inbox, Claimed)
 
 
@@ -160,6 +164,65 @@ def test_a_task_whose_message_was_lost_is_published_again(store, database):
     assert lease(store).task_ids == (), "the sweep runs once a minute: not in this store's next lease"
 
     store.stop()
-    another = StoreActor.start(database)  # a store that has not swept yet
+    another = StoreActor.start(database, instance=an_instance("another"))  # a store that has not swept yet
+    wait_until(lambda: query(database, "SELECT 1 FROM instances WHERE id = 'another'"), what="it to be seen")
 
     assert lease(another).task_ids == ("t",)
+
+
+def test_a_cancel_asked_of_another_instance_reaches_the_one_running_it_and_holds(store, database):
+    for task_id in ("runs", "retries"):
+        submit(store, task_id)
+    leased = lease(store)
+    claimed = {
+        task.id: receipt for task, receipt in claim(store, *(delivered(t, leased.lease) for t in leased.task_ids)).tasks
+    }
+    other = StoreActor.start(database, instance=an_instance("other"))  # the store of the instance asked
+
+    answers = {}
+    for task_id in ("runs", "retries"):
+        asker, inbox = start_recorder()
+        answers[task_id] = pykka.ThreadingFuture()
+        other.tell(CancelQueued(task_id, answers[task_id], asker))
+        assert receive(inbox, TaskCancelled) == TaskCancelled(task_id, cancelled=False), (
+            "not queued: not cancelled here"
+        )
+    other.stop()
+
+    assert {answer.get(timeout=10) for answer in answers.values()} == {ControlResult("running", done=True)}
+    assert set(lease(store).cancel_asked) == {"runs", "retries"}, "this instance hears of it in its next relay step"
+    queue, inbox = start_recorder()  # the attempt ended before the interrupt came: its retry does not run
+    store.tell(Settle(RetryTask("retries", 1, "boom", time.time(), utc_now()), 1, claimed["retries"], queue))
+    receive(inbox, Settled)
+    found = query(database, "SELECT status, error FROM tasks WHERE id = 'retries'")[0]
+    assert (found["status"], found["error"]) == ("cancelled", "cancelled (asked of another instance)")
+
+
+def test_tasks_left_running_by_an_instance_gone_are_taken_over_by_the_sweep(store, database):
+    for task_id in ("left", "cancel asked", "last attempt", "alive"):
+        submit(store, task_id)
+    leased = lease(store)
+    gone = StoreActor.start(database, instance=an_instance("gone"))
+    claim(gone, *(delivered(t, leased.lease) for t in ("left", "cancel asked", "last attempt")))
+    claim(store, delivered("alive", leased.lease))
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute("UPDATE tasks SET cancel_asked = true WHERE id = 'cancel asked'")
+        conn.execute("UPDATE tasks SET attempts = 3 WHERE id = 'last attempt'")
+    gone.stop()  # (its message lost too, as if RabbitMQ's queue had been deleted meanwhile)
+
+    sweeper = StoreActor.start(database, instance=an_instance("sweeper"))  # sweeps in its first lease
+    wait_until(lambda: query(database, "SELECT 1 FROM instances WHERE id = 'sweeper'"), what="the sweeper seen")
+    assert lease(sweeper).task_ids == ("left",), "queued again, and published"
+
+    rows = {r["id"]: r for r in query(database, "SELECT id, status, attempts, error FROM tasks")}
+    assert {task_id: (r["status"], r["attempts"]) for task_id, r in rows.items()} == {
+        "left": ("queued", 1),
+        "cancel asked": ("cancelled", 1),
+        "last attempt": ("failed", 3),
+        "alive": ("running", 1),
+    }
+    errors = query(database, "SELECT task_id, error FROM task_errors ORDER BY task_id")
+    assert [(e["task_id"], e["error"]) for e in errors] == [
+        (t, "interrupted: the instance running it stopped") for t in ("cancel asked", "last attempt", "left")
+    ]
+    assert [r["id"] for r in query(database, "SELECT id FROM instances ORDER BY id")] == ["sweeper", "this"]

@@ -73,7 +73,7 @@ def test_priorities_and_delays_hold_through_a_restart(config):
     client.simulate_post("/queue/pause")  # nothing runs before the restart, nor after it until resumed
     low = submit(client)
     high = submit(client, priority=3)
-    delayed = submit(client, priority=9, delay_ms=1500)
+    delayed = submit(client, priority=9, delay_ms=3000)  # (due after the restart and the resume)
     system.stop()
 
     system = start_system(config)

@@ -53,6 +53,29 @@ def status_is(client: testing.TestClient, task_id: str, *statuses: str) -> dict[
     return found if found["status"] in statuses else None
 
 
+@pytest.mark.backends("distributed")
+@pytest.mark.parametrize("how", ["one", "bulk"])
+def test_a_task_running_on_another_instance_is_cancelled_through_this_one(client, system, how):
+    task_id = submit(client, "runs_long")
+    wait_until(lambda: status_is(client, task_id, "running"), what="the task to run")
+    other = start_system(system.config)  # a second instance, on the same PostgreSQL schema and RabbitMQ queue
+    try:
+        other_client = testing.TestClient(create_app(other))
+        if how == "one":
+            cancelled = other_client.simulate_post(f"/tasks/{task_id}/cancel")
+            assert (cancelled.status_code, cancelled.json) == (200, {"id": task_id, "status": "cancelled"})
+        else:
+            cancelled = other_client.simulate_post("/tasks/bulk/cancel", params={"status": "running"})
+            assert (cancelled.status_code, cancelled.json["count"]) == (200, 1)
+            wait_until(lambda: status_is(client, task_id, "cancelled"), what="the instance running it to cancel it")
+    finally:
+        other.stop()
+
+    found = task(client, task_id)
+    assert (found["status"], found["error"], found["attempts"]) == ("cancelled", "cancelled while it ran", 1)
+    assert system.inspect().in_flight == 0, "its worker was interrupted"
+
+
 def test_a_queued_task_cancelled_never_runs(client):
     assert client.simulate_post("/queue/pause").json == {"paused": True}
     task_id = submit(client, "uppercase")
