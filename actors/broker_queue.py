@@ -20,15 +20,15 @@ How a task goes:
    (the outbox column ``publish_after``, kept by a trigger).
 2. **Relayed.** Each instance's relay, one step at a time: ask RabbitMQ how much room its queue has
    (``queue.window`` less the messages it holds ready), lease that many due tasks in the store
-   (highest priority first, skipping those another instance is leasing), publish them with
-   publisher confirms, and mark them published. A lease that ends unpublished (the instance died,
-   RabbitMQ was down) lets any instance publish them again. The relay steps on new tasks, on the
+   (highest priority first, skipping those another instance is leasing), publish them in one
+   AMQP transaction (RabbitMQ has them at its commit), and mark them published. A lease that
+   ends unpublished (the instance died, RabbitMQ was down) lets any instance publish them again. The relay steps on new tasks, on the
    next due time (delays, retries' backoff), when an outcome is acked after a step that filled
    the room, and every ``RELAY_EVERY_S``; on the way it learns the cluster's pause and backlog.
-3. **Delivered and claimed.** RabbitMQ delivers at most ``prefetch`` unacked messages to the
-   instance. As workers are free, the store claims them: a task still queued and due becomes
-   ``running`` with one more attempt; one that is finished, cancelled or running elsewhere is
-   skipped and its delivery acked. A task found ``running`` under this very message, now
+3. **Delivered and claimed.** RabbitMQ delivers at most ``QOS_PER_PREFETCH * prefetch`` unacked
+   messages to the instance. The store claims them, up to ``prefetch`` ahead of the workers: a
+   task still queued and due becomes ``running`` with one more attempt; one that is finished,
+   cancelled or running elsewhere is skipped and its delivery acked. A task found ``running`` under this very message, now
    redelivered, was left by an instance that died: that attempt is recorded as interrupted, and
    the task runs again (or fails, out of attempts). After a reconnect, what the old connection
    held and no worker started is given back; the new connection delivers it again.
@@ -99,7 +99,8 @@ CLAIMED_PER_PREFETCH = 2
 # outcomes are being committed or that wait to be claimed.
 QOS_PER_PREFETCH = 2 * CLAIMED_PER_PREFETCH
 
-StartLink = Callable[[pykka.ActorRef[Any]], RabbitLink]  # the queue -> its link, not started yet
+# (the queue, whether it consumes) -> a link, not started yet
+StartLink = Callable[[pykka.ActorRef[Any], bool], RabbitLink]
 
 
 class BrokerQueueActor(QueueActor):
@@ -109,7 +110,8 @@ class BrokerQueueActor(QueueActor):
         super().__init__(*args, **kwargs)
         self._flow_store = flow_store  # writes the relay's leases, the claims and the outcomes
         self._make_link = link
-        self._link: RabbitLink | None = None
+        self._link: RabbitLink | None = None  # consumes and acks
+        self._publisher: RabbitLink | None = None  # measures the room and publishes, on a connection of its own
         self._deliveries: deque[Delivered] = deque()  # delivered and not claimed yet
         self._claiming: tuple[Delivered, ...] = ()  # the claim under way
         self._claim_after = 0.0  # monotonic time before which a claim that failed is not tried again
@@ -127,25 +129,37 @@ class BrokerQueueActor(QueueActor):
         assert self._link is not None, "the queue is not started"
         return self._link
 
+    @property
+    def publisher(self) -> RabbitLink:
+        assert self._publisher is not None, "the queue is not started"
+        return self._publisher
+
     def broker_down(self) -> str | None:
         """Why there is no connection to RabbitMQ now (None: there is)."""
-        return None if self._link is None else self._link.down
+        return next((link.down for link in (self._link, self._publisher) if link is not None and link.down), None)
 
     def _recover(self) -> None:
-        """Nothing to recover here: RabbitMQ delivers again what an instance left unacked."""
-        self._link = self._make_link(self.actor_ref)
+        """Nothing to recover here: RabbitMQ delivers again what an instance left unacked. The relay publishes
+        on a connection of its own, so that its publishes (each batch waiting for its commit) do not hold
+        up the deliveries and acks of the tasks running here."""
+        self._link = self._make_link(self.actor_ref, True)
+        self._publisher = self._make_link(self.actor_ref, False)
         self._link.start()
+        self._publisher.start()
         self._relay()
 
     def on_stop(self) -> None:
-        if self._link is not None:
-            self._link.stop()
+        self._stop_links()
         super().on_stop()
 
     def on_failure(self, *exc_info: Any) -> None:
-        if self._link is not None:
-            self._link.stop()
+        self._stop_links()
         super().on_failure(*exc_info)
+
+    def _stop_links(self) -> None:
+        for link in (self._link, self._publisher):
+            if link is not None:
+                link.stop()
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -189,7 +203,7 @@ class BrokerQueueActor(QueueActor):
             self._relay_again = True
             return
         self._relaying, self._relay_again = True, False
-        self.link.measure_room()
+        self.publisher.measure_room()
 
     def _relay_done(self) -> None:
         self._relaying = False
@@ -212,7 +226,7 @@ class BrokerQueueActor(QueueActor):
         self._schedule_wake(min(next_due_at, epoch_now() + RELAY_EVERY_S))
         self._more_in_store = 0 < self._room <= len(leased.task_ids)  # (no room: the timer looks again)
         if leased.task_ids:
-            self.link.publish(leased.task_ids, leased.lease)
+            self.publisher.publish(leased.task_ids, leased.lease)
         else:
             self._relay_done()
 

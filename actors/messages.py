@@ -518,7 +518,7 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """From the link: RabbitMQ confirmed these tasks (``published``) or did not take them."""
+    """From the link: RabbitMQ took these tasks (``published``: committed) or did not take them."""
 
     published: tuple[str, ...]
     failed: tuple[str, ...]

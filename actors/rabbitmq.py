@@ -1,6 +1,8 @@
-"""RabbitLink: an instance's one connection to RabbitMQ, in the distributed mode (``queue.url``).
+"""RabbitLink: a connection to RabbitMQ, in the distributed mode (``queue.url``). Each instance has
+two: one consumes and acks (``consumes=True``), the other measures the room and publishes, so that
+publishes, each batch waiting for its commit, never hold up deliveries and acks.
 
-pika's connections belong to the thread that opened them, so the link runs its own thread.
+pika's connections belong to the thread that opened them, so each link runs its own thread.
 The queue asks it for work by method calls that only hand a request over (through pika's
 ``add_callback_threadsafe``, which wakes the thread); what comes back goes to the queue as
 messages:
@@ -8,10 +10,14 @@ messages:
 - ``measure_room()``  -> :class:`~actors.messages.RoomFor`: how many tasks the RabbitMQ queue
   should take now (``window`` less those it holds ready). The relay publishes no more, so the
   tasks waiting beyond it stay in PostgreSQL, where priorities order them.
-- ``publish(ids, lease)`` -> :class:`~actors.messages.Published`, once RabbitMQ has confirmed
-  each message (publisher confirms), as persistent messages whose body is the task's id and
-  the lease it was published under (which tells a redelivery from a second publish).
-- on connecting (again) -> :class:`~actors.messages.Connected`.
+- ``publish(ids, lease)`` -> :class:`~actors.messages.Published`, once RabbitMQ has taken
+  them, as persistent messages whose body is the task's id and the lease it was published
+  under (which tells a redelivery from a second publish). A batch is published in one AMQP
+  transaction: at ``tx.commit-ok`` RabbitMQ has taken responsibility for them, as with a
+  publisher confirm, and (returned, unroutable messages aside) they are durable. Confirms
+  cost a round trip each, which a quorum queue answers only after its fsync: 1.8 ms per
+  message here, against 0.13 ms in batches of 100.
+- on connecting (again), if it consumes -> :class:`~actors.messages.Connected`.
 - deliveries -> :class:`~actors.messages.Delivered`, at most ``prefetch`` unacked at a time
   (``basic.qos``); ``ack(receipts)`` acks them once their outcomes are committed.
 
@@ -96,12 +102,16 @@ def _parameters(url: str) -> pika.URLParameters:
     return parameters
 
 
-def _open(parameters: pika.URLParameters, queue: str, prefetch: int) -> tuple[pika.BlockingConnection, BlockingChannel]:
-    """A connection and its channel, with publisher confirms, the queue declared and ``basic.qos`` set."""
+def _open(
+    parameters: pika.URLParameters, queue: str, prefetch: int, *, publishes: bool = False
+) -> tuple[pika.BlockingConnection, BlockingChannel]:
+    """A connection and its channel, the queue declared and ``basic.qos`` set; if it ``publishes``, its
+    channel is transactional."""
     connection = pika.BlockingConnection(parameters)
     try:
         channel = connection.channel()
-        channel.confirm_delivery()
+        if publishes:
+            channel.tx_select()
         channel.queue_declare(
             queue, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT}
         )
@@ -115,8 +125,11 @@ def _open(parameters: pika.URLParameters, queue: str, prefetch: int) -> tuple[pi
 class RabbitLink:
     """Publishes, consumes and acks on one RabbitMQ connection, in a thread of its own."""
 
-    def __init__(self, url: str, queue: str, prefetch: int, window: int, owner: pykka.ActorRef[Any]) -> None:
+    def __init__(
+        self, url: str, queue: str, prefetch: int, window: int, owner: pykka.ActorRef[Any], *, consumes: bool = True
+    ) -> None:
         self._parameters = _parameters(url)
+        self._consumes = consumes  # (False: it only measures the room and publishes)
         self._queue = queue
         self._prefetch = prefetch
         self._window = window
@@ -125,9 +138,11 @@ class RabbitLink:
         self._connection: pika.BlockingConnection | None = None
         self._channel_number = 0  # which connection this is, since start
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rabbitmq-link", daemon=True)
+        name = "rabbitmq-consumer" if consumes else "rabbitmq-publisher"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.down: str | None = "not connected yet"  #: why there is no connection, while there is none
         self._failed_before = False
+        self._returned: list[str] = []  # the bodies of messages RabbitMQ returned, unroutable
 
     def start(self) -> None:
         self._thread.start()
@@ -149,17 +164,19 @@ class RabbitLink:
 
     def publish(self, task_ids: tuple[str, ...], lease: float) -> None:
         def publish(channel: BlockingChannel) -> None:
-            done: list[str] = []
-            try:
-                for task_id in task_ids:
-                    body = f"{task_id} {lease!r}".encode()
-                    channel.basic_publish("", self._queue, body, PERSISTENT, mandatory=True)
-                    done.append(task_id)
-            except (pika.exceptions.NackError, pika.exceptions.UnroutableError) as e:  # the connection goes on
-                logger.warning("RabbitMQ did not take %d tasks (%s); they are published later", len(task_ids), e)
-            # What was not confirmed is published again once its lease ends (on a connection error, all of
+            self._returned.clear()
+            for task_id in task_ids:
+                channel.basic_publish("", self._queue, f"{task_id} {lease!r}".encode(), PERSISTENT, mandatory=True)
+            channel.tx_commit()  # RabbitMQ has them now (or has returned them first)
+            assert self._connection is not None
+            self._connection.process_data_events(time_limit=0)  # (the returns' callbacks)
+            returned = {body.partition(" ")[0] for body in self._returned}
+            if returned:
+                logger.warning("RabbitMQ returned %d tasks, unroutable; they are published later", len(returned))
+            # What was not committed is published again once its lease ends (on a connection error, all of
             # them: the refusal below says so, and a task published twice runs once).
-            self._tell(Published(tuple(done), task_ids[len(done) :], lease))
+            done = tuple(task_id for task_id in task_ids if task_id not in returned)
+            self._tell(Published(done, tuple(returned), lease))
 
         self._request(publish, lambda: self._tell(Published((), task_ids, lease)))
 
@@ -208,7 +225,9 @@ class RabbitLink:
         self._refuse_requests()
 
     def _connect(self) -> None:
-        connection, channel = _open(self._parameters, self._queue, self._prefetch)
+        connection, channel = _open(self._parameters, self._queue, self._prefetch, publishes=not self._consumes)
+        if not self._consumes:
+            channel.add_on_return_callback(lambda _, __, ___, body: self._returned.append(body.decode()))
         self._channel_number += 1
         number = self._channel_number
 
@@ -222,17 +241,19 @@ class RabbitLink:
                 return
             self._tell(message)
 
-        try:
-            channel.basic_consume(self._queue, delivered)
-        except BaseException:
-            connection.close()
-            raise
+        if self._consumes:
+            try:
+                channel.basic_consume(self._queue, delivered)
+            except BaseException:
+                connection.close()
+                raise
         self._connection = connection
         if self._failed_before:
             logger.warning("connected to RabbitMQ again (after: %s)", self.down)
         self.down = None
         self._channel = channel
-        self._tell(Connected(number))
+        if self._consumes:
+            self._tell(Connected(number))
 
     def _serve_until_stopped(self) -> None:
         assert self._connection is not None

@@ -427,8 +427,9 @@ def _start_broker_queue(
 
     settings = config.queue
 
-    def link(queue: pykka.ActorRef[Any]) -> RabbitLink:
-        return RabbitLink(settings.url, settings.name, settings.prefetch * QOS_PER_PREFETCH, settings.window, queue)
+    def link(queue: pykka.ActorRef[Any], consumes: bool) -> RabbitLink:
+        qos = settings.prefetch * QOS_PER_PREFETCH
+        return RabbitLink(settings.url, settings.name, qos, settings.window, queue, consumes=consumes)
 
     return BrokerQueueActor.start(
         store, start_worker, settings, config.workers, report=report, paused=paused, link=link, flow_store=flow_store
