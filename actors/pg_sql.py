@@ -195,15 +195,16 @@ REPUBLISH_LOST = (
 )
 #: A claim's tasks, locked in one order (so two claims never wait on each other in a cycle).
 CLAIM_LOCK = (
-    "SELECT id, status, attempts, available_at, claimed_lease, cancel_asked FROM tasks WHERE id = ANY(?)"
-    " ORDER BY id FOR UPDATE"
+    "SELECT id, status, attempts, available_at, claimed_lease, cancel_asked, started_at IS NOT NULL FROM tasks"
+    " WHERE id = ANY(?) ORDER BY id FOR UPDATE"
 )
 CLAIMED = "SELECT action, payload, attempts - 1, priority, available_at FROM tasks WHERE id = ?"
 PUBLISH_WHEN_DUE = "UPDATE tasks SET publish_after = available_at WHERE id = ? AND status = 'queued'"
 #: ``claimed_lease``: the publish the running attempt came from, so that only that message, delivered
 #: again, takes the task over (its instance died), and a duplicate publish of it does not.
+#: ``started_at`` is set once a worker takes the task (it may wait for one): until then, it never ran.
 CLAIM = (
-    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?, claimed_by = ?,"
+    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = NULL, claimed_by = ?,"
     " claimed_lease = claim.lease, cancel_asked = false"
     " FROM unnest(?::text[], ?::double precision[]) AS claim (id, lease) WHERE tasks.id = claim.id"
     " RETURNING tasks.id, action, payload, attempts - 1, priority, available_at"
@@ -224,7 +225,8 @@ CANCEL_IF_ASKED = (
 #: The sweep: running tasks whose instance has not been seen for a while (it died, and RabbitMQ lost
 #: their message too, or they would have been delivered again long before).
 ORPHANED = (
-    "SELECT id, attempts, cancel_asked FROM tasks WHERE status = 'running' AND claimed_by IS NOT NULL"
+    "SELECT id, attempts, cancel_asked, started_at IS NOT NULL FROM tasks"
+    " WHERE status = 'running' AND claimed_by IS NOT NULL"
     " AND claimed_by NOT IN (SELECT id FROM instances WHERE seen_at >= ?) LIMIT 1000 FOR UPDATE SKIP LOCKED"
 )
 #: ... then the instances gone, once nothing they ran is left.

@@ -185,6 +185,7 @@ class StoreActor(Actor):
     ) -> None:
         super().__init__()
         self._instance = instance  # (distributed mode) the instance this store writes for
+        self._me = None if instance is None else instance.id
         self._ticks = ticks  # (PostgreSQL) this store does the chores of its Tick now and then
         if isinstance(database, str):
             database = SqliteEngine(database, synchronous, busy_timeout_ms, max_pages)
@@ -413,7 +414,7 @@ class StoreActor(Actor):
             case ClaimTasks(deliveries, max_attempts, reply_to):
                 self._claim(deliveries, max_attempts, reply_to)
             case Started(task_id, attempt, started_at):
-                self._hold(STARTED, (started_at, task_id, attempt))
+                self._hold(STARTED, (started_at, task_id, attempt, self._me))
             case Settle(update, attempt, receipt, reply_to):
                 self._settle(update, attempt)
                 self._settling.append((reply_to, receipt))
@@ -422,18 +423,20 @@ class StoreActor(Actor):
         """Write how a delivered task's attempt ended, only if that attempt is still the task's latest and
         running (an attempt taken over by another instance, or already ended, changes nothing)."""
         if isinstance(update, ReleaseClaim):
-            self._hold(RELEASE_CLAIM, (update.task_id, attempt))
+            self._hold(RELEASE_CLAIM, (update.task_id, attempt, self._me))
             self._hold(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, utc_now(), update.task_id))
             return
         if isinstance(update, CancelRunning):
-            cancelled = self._update(CANCEL_LATEST, (update.error, update.processed_at, update.task_id, attempt))
+            cancelled = self._update(
+                CANCEL_LATEST, (update.error, update.processed_at, update.task_id, attempt, self._me)
+            )
             for answer in update.answers:
                 self._answer(update.task_id, answer, "cancelled" if cancelled else None)
             return
         (sql, params), *errors = _status_update(update)
         for _, error in errors:  # first, while the update's condition still holds
-            self._hold(RECORD_LATEST_ERROR, (*error, update.task_id, attempt))
-        self._hold(sql + LATEST_ATTEMPT, (*params, attempt))
+            self._hold(RECORD_LATEST_ERROR, (*error, update.task_id, attempt, self._me))
+        self._hold(sql + LATEST_ATTEMPT, (*params, attempt, self._me))
         if isinstance(update, RetryTask):
             self._hold(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, utc_now(), update.task_id))
 
@@ -472,17 +475,26 @@ class StoreActor(Actor):
                            lost, LOST_AFTER_S)  # fmt: skip
         at = utc_now()
         orphans = self.conn.execute(pg_sql.ORPHANED, (now - INSTANCE_LOST_AFTER_S,)).fetchall()
-        for task_id, attempts, cancel_asked in orphans:
-            if self._end_lost_attempt(task_id, attempts, cancel_asked, max_attempts, at):
+        for task_id, attempts, cancel_asked, started in orphans:
+            if self._take_over(
+                task_id, attempts, started=started, cancel_asked=cancel_asked, max_attempts=max_attempts, at=at
+            ):
                 self.conn.execute("UPDATE tasks SET status = 'queued', started_at = NULL WHERE id = ?", (task_id,))
         if orphans:
             logger.warning("%d tasks were left running by instances not seen for %g s: their attempts end interrupted",
                            len(orphans), INSTANCE_LOST_AFTER_S)  # fmt: skip
         self.conn.execute(pg_sql.FORGET_INSTANCES, (now - INSTANCE_LOST_AFTER_S,))
 
-    def _end_lost_attempt(self, task_id: str, attempts: int, cancel_asked: bool, max_attempts: int, at: str) -> bool:
-        """A running attempt cut off with its instance is recorded as interrupted; then the task ends cancelled,
-        if that was asked, or failed, out of attempts. Whether it may run again."""
+    def _take_over(
+        self, task_id: str, attempts: int, *, started: bool, cancel_asked: bool, max_attempts: int, at: str
+    ) -> bool:
+        """A task left running by an instance that is gone. Claimed ahead and never started, it is given back
+        as if never claimed. Started, its attempt is recorded as interrupted. Then it ends cancelled, if that
+        was asked, or failed, out of attempts. Whether it may run again."""
+        if not started:
+            self.conn.execute(GIVE_BACK, (task_id,))
+            self.conn.execute(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, at, task_id))
+            return not cancel_asked
         self.conn.execute(RECORD_ERROR, (task_id, attempts, LOST_ATTEMPT, at))
         if not cancel_asked and attempts < max_attempts:
             return True
@@ -496,7 +508,7 @@ class StoreActor(Actor):
         """Start the deliveries' tasks that are still to run; answer once committed (as Claimed). One statement
         locks and reads them all, one claims them all; the rare cases below take one statement each."""
         self._begin()
-        now, started_at = epoch_now(), utc_now()
+        now, now_at = epoch_now(), utc_now()
         task_ids = self._dialect.list_of(sorted({delivery.task_id for delivery in deliveries}))
         found = {row[0]: row[1:] for row in self.conn.execute(pg_sql.CLAIM_LOCK, (task_ids,)).fetchall()}
         to_claim: dict[str, Delivered] = {}  # by task id, in the order they came
@@ -504,13 +516,15 @@ class StoreActor(Actor):
         skipped: list[Receipt] = []
         for delivery in deliveries:
             task_id = delivery.task_id
-            status, attempts, available_at, claimed_lease, cancel_asked = found.pop(
-                task_id, (None, 0, 0.0, None, False)
+            status, attempts, available_at, claimed_lease, cancel_asked, started = found.pop(
+                task_id, (None, 0, 0.0, None, False, False)
             )
             # This very message came back from an instance that died (or lost RabbitMQ) while the task ran:
             lost_attempt = status == "running" and delivery.redelivered and claimed_lease == delivery.lease
             if lost_attempt:
-                lost_attempt = self._end_lost_attempt(task_id, attempts, cancel_asked, max_attempts, started_at)
+                lost_attempt = self._take_over(
+                    task_id, attempts, started=started, cancel_asked=cancel_asked, max_attempts=max_attempts, at=now_at
+                )
             # Claimed by this very delivery before, in a commit whose outcome was unknown (the connection was lost):
             if status == "running" and claimed_lease == delivery.lease and not delivery.redelivered:
                 row = self.conn.execute(pg_sql.CLAIMED, (task_id,)).fetchone()
@@ -523,8 +537,7 @@ class StoreActor(Actor):
                 skipped.append(delivery.receipt)
         if to_claim:
             leases = [delivery.lease for delivery in to_claim.values()]
-            instance = self._instance.id if self._instance is not None else None
-            claims = self.conn.execute(pg_sql.CLAIM, (started_at, instance, list(to_claim), leases)).fetchall()
+            claims = self.conn.execute(pg_sql.CLAIM, (self._me, list(to_claim), leases)).fetchall()
             for task_id, *row in claims:
                 claimed[task_id] = (QueuedTask(task_id, *row), to_claim[task_id].receipt)
         order = {delivery.receipt: n for n, delivery in enumerate(deliveries)}
@@ -861,7 +874,7 @@ class StoreActor(Actor):
         """Claimed tasks whose queue stopped before it heard of them (so none of them started) are queued
         again, as if never claimed; RabbitMQ delivers their messages again, here or elsewhere."""
         for task, _ in claimed.tasks:
-            self._update(RELEASE_CLAIM, (task.id, task.attempts + 1))
+            self._update(RELEASE_CLAIM, (task.id, task.attempts + 1, self._me))
 
     def _abort(self, error: Exception, message: Any) -> None:
         """Roll back: refuse the transaction's inserts, keep its updates to write again later."""
@@ -1057,21 +1070,27 @@ SWEEP_EVERY_S = 60.0  # how often a store looks for them, and for tasks left run
 INSTANCE_LOST_AFTER_S = 30.0  # an instance not seen for this long is gone: what it left running is taken over
 ALIVE_FOR_SWEEP_S = 5.0  # ... by an instance itself seen this recently
 TICK_EVERY_S = 1.0  # how often the store folds the count changes and records that its instance is alive (PostgreSQL)
-LATEST_ATTEMPT = " AND status = 'running' AND attempts = ?"  # (appended to "WHERE id = ?")
+# (Distributed mode) "... AND status = 'running' AND attempts = ? AND claimed_by IS NOT DISTINCT FROM ?": the
+# attempt (its number, and the instance that claimed it) is still the task's latest.
+LATEST_ATTEMPT = " AND status = 'running' AND attempts = ? AND claimed_by IS NOT DISTINCT FROM ?"
 RECORD_LATEST_ERROR = (
-    "INSERT INTO task_errors (task_id, attempt, error, failed_at) SELECT ?, ?, ?, ?"
-    " WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ? AND status = 'running' AND attempts = ?)"
+    "INSERT INTO task_errors (task_id, attempt, error, failed_at) SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1"
+    " FROM tasks WHERE id = ? AND status = 'running' AND attempts = ? AND claimed_by IS NOT DISTINCT FROM ?)"
 )
-ASK_TO_CANCEL = "UPDATE tasks SET cancel_asked = true"
-STARTED = "UPDATE tasks SET started_at = ? WHERE id = ? AND status = 'running' AND attempts = ?"
+STARTED = (
+    "UPDATE tasks SET started_at = ? WHERE id = ?"
+    " AND status = 'running' AND attempts = ? AND claimed_by IS NOT DISTINCT FROM ?"
+)
 CANCEL_LATEST = (
-    "UPDATE tasks SET status = 'cancelled', error = ?, processed_at = ? WHERE id = ? AND status = 'running'"
-    " AND attempts = ?"
+    "UPDATE tasks SET status = 'cancelled', error = ?, processed_at = ? WHERE id = ?"
+    " AND status = 'running' AND attempts = ? AND claimed_by IS NOT DISTINCT FROM ?"
 )
 RELEASE_CLAIM = (
-    "UPDATE tasks SET status = 'queued', attempts = attempts - 1, started_at = NULL"
-    " WHERE id = ? AND status = 'running' AND attempts = ?"
+    "UPDATE tasks SET status = 'queued', attempts = attempts - 1, started_at = NULL WHERE id = ?"
+    " AND status = 'running' AND attempts = ? AND claimed_by IS NOT DISTINCT FROM ?"
 )
+GIVE_BACK = "UPDATE tasks SET status = 'queued', attempts = attempts - 1, started_at = NULL WHERE id = ?"
+ASK_TO_CANCEL = "UPDATE tasks SET cancel_asked = true"
 LOST_ATTEMPT = "interrupted: the instance running it stopped"
 CANCELLED_ELSEWHERE = "cancelled (asked of another instance)"
 RECORD_ERROR = "INSERT INTO task_errors (task_id, attempt, error, failed_at) VALUES (?, ?, ?, ?)"

@@ -24,9 +24,11 @@ from actors.messages import (
     MarkPublished,
     NewTask,
     Receipt,
+    ReleaseClaim,
     RetryTask,
     Settle,
     Settled,
+    Started,
     TaskCancelled,
     TasksStored,
 )
@@ -104,30 +106,46 @@ def test_a_delivery_is_claimed_once_and_a_finished_task_is_skipped(store, databa
 
 def test_only_the_very_message_delivered_again_takes_over_a_running_task(store, database):
     submit(store, "t")
+    submit(store, "claimed ahead")
     leased = lease(store)
-    claim(store, delivered("t", leased.lease))
+    claim(store, delivered("t", leased.lease), delivered("claimed ahead", leased.lease, tag=2))
+    store.tell(Started("t", 1, utc_now()))  # a worker took it; the other waited for one
 
-    duplicate = claim(store, delivered("t", leased.lease + 1, tag=2, redelivered=True))  # another publish of it
+    duplicate = claim(store, delivered("t", leased.lease + 1, tag=3, redelivered=True))  # another publish of it
     assert duplicate.tasks == ()
 
-    taken = claim(store, delivered("t", leased.lease, tag=3, redelivered=True))  # its instance died
-    ((task, _),) = taken.tasks
-    assert task.attempts == 1, "the cut-off attempt counts: this is attempt 2"
-    errors = query(database, "SELECT attempt, error FROM task_errors WHERE task_id = 't'")
-    assert [(e["attempt"], e["error"]) for e in errors] == [(1, "interrupted: the instance running it stopped")]
+    taken = claim(  # their instance died
+        store,
+        delivered("t", leased.lease, tag=4, redelivered=True),
+        delivered("claimed ahead", leased.lease, tag=5, redelivered=True),
+    )
+    attempts_before = {task.id: task.attempts for task, _ in taken.tasks}
+    assert attempts_before == {"t": 1, "claimed ahead": 0}, "a cut-off attempt counts; one never started does not"
+    errors = query(database, "SELECT task_id, attempt, error FROM task_errors")
+    assert [(e["task_id"], e["attempt"], e["error"]) for e in errors] == [
+        ("t", 1, "interrupted: the instance running it stopped")
+    ]
 
 
 def test_an_outcome_of_an_overtaken_attempt_is_acked_but_not_written(store, database):
-    submit(store, "t")
+    submit(store, "started")
+    submit(store, "claimed ahead")
     leased = lease(store)
-    claim(store, delivered("t", leased.lease))
-    claim(store, delivered("t", leased.lease, tag=2, redelivered=True))  # attempt 2 runs elsewhere
+    claim(store, delivered("started", leased.lease), delivered("claimed ahead", leased.lease, tag=2))
+    store.tell(Started("started", 1, utc_now()))
+    elsewhere = StoreActor.start(database, instance=an_instance("elsewhere"))  # this one was cut off
+    claim(elsewhere, *(delivered(t, leased.lease, tag=3, redelivered=True) for t in ("started", "claimed ahead")))
+    elsewhere.stop()
 
     queue, inbox = start_recorder()
-    store.tell(Settle(CompleteTask("t", '{"output": "old"}', utc_now()), 1, Receipt(1, 1), queue))
-    assert receive(inbox, Settled) == Settled((Receipt(1, 1),))
-    row = query(database, "SELECT status, attempts, result FROM tasks WHERE id = 't'")[0]
-    assert (row["status"], row["attempts"], row["result"]) == ("running", 2, None)
+    store.tell(Settle(CompleteTask("started", '{"output": "old"}', utc_now()), 1, Receipt(1, 1), queue))
+    store.tell(Settle(ReleaseClaim("claimed ahead"), 1, Receipt(1, 2), queue))
+    assert receive(inbox, Settled) == Settled((Receipt(1, 1), Receipt(1, 2)))
+    rows = query(database, "SELECT id, status, attempts, result, claimed_by FROM tasks ORDER BY id")
+    assert [(r["id"], r["status"], r["attempts"], r["result"], r["claimed_by"]) for r in rows] == [
+        ("claimed ahead", "running", 1, None, "elsewhere"),  # (never started: the same attempt, claimed again)
+        ("started", "running", 2, None, "elsewhere"),
+    ]
 
 
 def test_a_retry_is_published_again_once_due_and_a_claim_waits_for_that(store, database):
@@ -199,26 +217,28 @@ def test_a_cancel_asked_of_another_instance_reaches_the_one_running_it_and_holds
 
 
 def test_tasks_left_running_by_an_instance_gone_are_taken_over_by_the_sweep(store, database):
-    for task_id in ("left", "cancel asked", "last attempt", "alive"):
+    for task_id in ("left", "cancel asked", "last attempt", "never started", "alive"):
         submit(store, task_id)
     leased = lease(store)
     gone = StoreActor.start(database, instance=an_instance("gone"))
-    claim(gone, *(delivered(t, leased.lease) for t in ("left", "cancel asked", "last attempt")))
+    claim(gone, *(delivered(t, leased.lease) for t in ("left", "cancel asked", "last attempt", "never started")))
     claim(store, delivered("alive", leased.lease))
     with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute("UPDATE tasks SET started_at = '2026-01-01T00:00:00Z' WHERE id <> 'never started'")
         conn.execute("UPDATE tasks SET cancel_asked = true WHERE id = 'cancel asked'")
         conn.execute("UPDATE tasks SET attempts = 3 WHERE id = 'last attempt'")
     gone.stop()  # (its message lost too, as if RabbitMQ's queue had been deleted meanwhile)
 
     sweeper = StoreActor.start(database, instance=an_instance("sweeper"))  # sweeps in its first lease
     wait_until(lambda: query(database, "SELECT 1 FROM instances WHERE id = 'sweeper'"), what="the sweeper seen")
-    assert lease(sweeper).task_ids == ("left",), "queued again, and published"
+    assert set(lease(sweeper).task_ids) == {"left", "never started"}, "queued again, and published"
 
     rows = {r["id"]: r for r in query(database, "SELECT id, status, attempts, error FROM tasks")}
     assert {task_id: (r["status"], r["attempts"]) for task_id, r in rows.items()} == {
         "left": ("queued", 1),
         "cancel asked": ("cancelled", 1),
         "last attempt": ("failed", 3),
+        "never started": ("queued", 0),
         "alive": ("running", 1),
     }
     errors = query(database, "SELECT task_id, error FROM task_errors ORDER BY task_id")
