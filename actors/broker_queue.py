@@ -94,6 +94,7 @@ __all__ = ["QOS_PER_PREFETCH", "BrokerQueueActor", "StartLink"]
 logger = logging.getLogger(__name__)
 
 RELAY_EVERY_S = 1.0  # the relay steps at least this often: to publish what other instances left, and learn news
+RELAY_GAP_S = 0.05  # ... and at most this often
 CLAIM_RETRY_S = 0.5  # a claim the store could not write is tried again after this
 # Tasks claimed and not finished, per place in flight (``prefetch``): those running, and as many claimed ahead,
 # waiting for a worker (so the next ones are at hand when a worker is free, not a claim's commit away).
@@ -120,6 +121,7 @@ class BrokerQueueActor(QueueActor):
         self._claim_after = 0.0  # monotonic time before which a claim that failed is not tried again
         self._receipts: dict[str, Receipt] = {}  # claimed tasks (waiting for a worker, or in flight)
         self._relaying = False  # a relay step is under way
+        self._relayed_at = -math.inf  # (monotonic) when the last one began
         self._relay_again = False  # something happened meanwhile that calls for another step
         self._room = 0  # how many tasks the relay step under way may publish
         self._more_in_store = False  # the last step filled the room: more tasks may wait to publish
@@ -205,7 +207,11 @@ class BrokerQueueActor(QueueActor):
         if self._relaying:
             self._relay_again = True
             return
-        self._relaying, self._relay_again = True, False
+        now = time.monotonic()
+        if now < self._relayed_at + RELAY_GAP_S:  # (under load: one step for many new tasks, not one each)
+            self._schedule_wake(epoch_now() + self._relayed_at + RELAY_GAP_S - now)
+            return
+        self._relaying, self._relay_again, self._relayed_at = True, False, now
         self.publisher.measure_room()
 
     def _relay_done(self) -> None:

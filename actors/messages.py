@@ -486,7 +486,7 @@ class Leased:
     task_ids: tuple[str, ...]
     lease: float  #: the lease's end, which MarkPublished names
     next_due_at: float | None  #: when the next task becomes due to publish (None: none waits)
-    unfinished: int | None  #: tasks queued or running, in every instance (None: the store could not read)
+    unfinished: int | None  #: tasks queued or running, in every instance (None: not counted this time)
     paused: bool | None  #: whether dispatching is paused (by any instance)
     cancel_asked: tuple[str, ...] = ()  #: tasks running here that another instance was asked to cancel
 

@@ -214,6 +214,7 @@ class StoreActor(Actor):
         self._tick_timer: threading.Timer | None = None
         self._commit_unknown = False  # the last commit failed with its outcome unknown (the connection was lost)
         self._swept_at = 0.0  # when the store last looked for tasks whose message was lost
+        self._counted_at = 0.0  # when a lease last counted the unfinished tasks
 
     @property
     def conn(self) -> Connection:
@@ -459,7 +460,9 @@ class StoreActor(Actor):
         rows = self.conn.execute(pg_sql.LEASE_DUE, (lease, now, limit)).fetchall() if leasing else []
         next_due_at = self.conn.execute(pg_sql.NEXT_TO_PUBLISH, (now,)).fetchone()[0]
         cancel_asked = tuple(row[0] for row in self.conn.execute(pg_sql.CANCEL_ASKED, (instance.id,)).fetchall())
-        unfinished = self._count_unfinished()
+        unfinished = None  # (summing the counts is the costly part of a lease: once a second is enough)
+        if now - self._counted_at >= COUNT_EVERY_S:
+            self._counted_at, unfinished = now, self._count_unfinished()
         self._commit()
         task_ids = tuple(task_id for task_id, _, _ in sorted(rows, key=lambda row: (-row[1], row[2])))
         return Leased(task_ids, lease, next_due_at, unfinished, paused_now, cancel_asked)
@@ -1069,6 +1072,7 @@ LOST_AFTER_S = 600.0  # a task published this long ago and never claimed lost it
 SWEEP_EVERY_S = 60.0  # how often a store looks for them, and for tasks left running (in a relay's lease)
 INSTANCE_LOST_AFTER_S = 30.0  # an instance not seen for this long is gone: what it left running is taken over
 ALIVE_FOR_SWEEP_S = 5.0  # ... by an instance itself seen this recently
+COUNT_EVERY_S = 1.0  # how often a relay's lease counts the unfinished tasks, for the queue's max_backlog
 TICK_EVERY_S = 1.0  # how often the store folds the count changes and records that its instance is alive (PostgreSQL)
 # (Distributed mode) "... AND status = 'running' AND attempts = ? AND claimed_by IS NOT DISTINCT FROM ?": the
 # attempt (its number, and the instance that claimed it) is still the task's latest.
