@@ -300,7 +300,7 @@ class BrokerQueueActor(QueueActor):
         for task, receipt in tasks:
             self._receipts[task.id] = receipt
             self._ready.add(task)
-        if self._draining:  # claimed while stopping: none of them starts
+        if self._draining or self._paused:  # claimed while stopping or pausing: none of them starts now
             self._release_claimed()
         self._forget_older_deliveries()
         if skipped:

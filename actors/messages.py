@@ -488,7 +488,7 @@ class Leased:
     next_due_at: float | None  #: when the next task becomes due to publish (None: none waits)
     unfinished: int | None  #: tasks queued or running, in every instance (None: not counted this time)
     paused: bool | None  #: whether dispatching is paused (by any instance)
-    cancel_asked: tuple[str, ...] = ()  #: tasks running here that another instance was asked to cancel
+    cancel_asked: tuple[str, ...] = ()  #: tasks running here that an instance (any) was asked to cancel
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 __all__ = [
     "CANCEL_ASKED",
     "CANCEL_IF_ASKED",
+    "CANCEL_OR_ASK",
     "CLAIM",
     "CLAIMED",
     "CLAIM_LOCK",
@@ -223,13 +224,20 @@ SEEN = (
 )
 #: Running tasks of this instance that another was asked to cancel.
 CANCEL_ASKED = "SELECT id FROM tasks WHERE claimed_by = ? AND status = 'running' AND cancel_asked"
-#: A cancel asked of a running task whose attempt ended otherwise (a retry, a claim given back) holds.
+#: A cancel asked of a running task whose attempt ended otherwise (a retry, a claim given back) holds; the
+#: attempt's number as it is now, and its instance, fence it as the outcomes are.
 CANCEL_IF_ASKED = (
     "UPDATE tasks SET status = 'cancelled', error = ?, processed_at = ? WHERE id = ? AND status = 'queued'"
-    " AND cancel_asked"
+    " AND cancel_asked AND attempts = ? AND claimed_by IS NOT DISTINCT FROM ?"
+)
+#: Cancel a queued task, or ask the instance running it to; the status after (no row: neither).
+CANCEL_OR_ASK = (
+    "UPDATE tasks SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,"
+    " processed_at = CASE WHEN status = 'queued' THEN ? ELSE processed_at END, cancel_asked = (status = 'running')"
+    " WHERE id = ? AND status IN ('queued', 'running') RETURNING status"
 )
 #: The sweep: running tasks whose instance has not been seen for a while (it died, and RabbitMQ lost
-#: their message too, or they would have been delivered again long before).
+#: their message too, or another instance would have taken them over when it was delivered again).
 ORPHANED = (
     "SELECT id, attempts, cancel_asked, started_at IS NOT NULL FROM tasks"
     " WHERE status = 'running' AND claimed_by IS NOT NULL"

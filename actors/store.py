@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -215,10 +216,11 @@ class StoreActor(Actor):
         self._commit_unknown = False  # the last commit failed with its outcome unknown (the connection was lost)
         self._swept_at = 0.0  # when the store last looked for tasks whose message was lost
         self._counted_at = 0.0  # when a lease last counted the unfinished tasks
+        self._faultless_since = time.monotonic()  # since when the store has written with no fault
 
     @property
     def conn(self) -> Connection:
-        """The connection, once the inserts held back are written (any statement comes after them)."""
+        """The connection, once the inserts and updates held back are written (any statement comes after them)."""
         assert self._conn is not None, "the store is not started"
         if self._held_inserts:
             self._write_held_inserts(self._conn)
@@ -230,7 +232,7 @@ class StoreActor(Actor):
         self._conn = self._engine.connect_writer()
         if self._retention_s:
             self.actor_ref.tell(Prune())
-        if self._ticks and self._dialect.name == "postgresql":
+        if self._dialect.name == "postgresql" and (self._ticks or self._instance is not None):
             self.actor_ref.tell(Tick())
 
     def on_stop(self) -> None:
@@ -241,7 +243,7 @@ class StoreActor(Actor):
             self._commit()
         except self._dialect.transient_errors as e:
             self._abort(e, Flush())
-        if self._ticks and self._instance is not None:  # this instance is gone (see the sweep)
+        if self._instance is not None:  # this instance is gone (see the sweep)
             with contextlib.suppress(*self._dialect.errors):  # (else it is forgotten once not seen for a while)
                 self.conn.execute("DELETE FROM instances WHERE id = ?", (self._instance.id,))
         if self._unsaved:
@@ -425,7 +427,7 @@ class StoreActor(Actor):
         running (an attempt taken over by another instance, or already ended, changes nothing)."""
         if isinstance(update, ReleaseClaim):
             self._hold(RELEASE_CLAIM, (update.task_id, attempt, self._me))
-            self._hold(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, utc_now(), update.task_id))
+            self._hold(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, utc_now(), update.task_id, attempt - 1, self._me))
             return
         if isinstance(update, CancelRunning):
             cancelled = self._update(
@@ -439,7 +441,7 @@ class StoreActor(Actor):
             self._hold(RECORD_LATEST_ERROR, (*error, update.task_id, attempt, self._me))
         self._hold(sql + LATEST_ATTEMPT, (*params, attempt, self._me))
         if isinstance(update, RetryTask):
-            self._hold(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, utc_now(), update.task_id))
+            self._hold(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, utc_now(), update.task_id, attempt, self._me))
 
     def _lease_due(self, limit: int, max_attempts: int) -> Leased:
         """Lease (and commit) up to ``limit`` tasks due to publish, for the relay; with news of the cluster.
@@ -448,11 +450,12 @@ class StoreActor(Actor):
         instance, now = self._instance, epoch_now()
         lease = now + LEASE_S
         self._begin()
-        if now - self._swept_at >= SWEEP_EVERY_S:
-            seen = self.conn.execute("SELECT seen_at FROM instances WHERE id = ?", (instance.id,)).fetchone()
-            if seen is not None and now - seen[0] < ALIVE_FOR_SWEEP_S:  # (else all were cut off, this one too)
-                self._swept_at = now
-                self._sweep(now, max_attempts)
+        # Only a store that has written with no fault for a while sweeps: after an outage of PostgreSQL, every
+        # instance's heartbeat is old, and the live ones must have written theirs again before any takes over.
+        faultless_s = time.monotonic() - self._faultless_since
+        if now - self._swept_at >= SWEEP_EVERY_S and faultless_s >= INSTANCE_LOST_AFTER_S:
+            self._swept_at = now
+            self._sweep(now, max_attempts)
         paused = self.conn.execute("SELECT value FROM queue_settings WHERE name = 'paused'").fetchone()
         paused_now = paused is not None and paused[0] == "true"
         # (Paused since the relay asked, by any instance: nothing is published, so priorities hold after a resume.)
@@ -491,14 +494,10 @@ class StoreActor(Actor):
     def _take_over(
         self, task_id: str, attempts: int, *, started: bool, cancel_asked: bool, max_attempts: int, at: str
     ) -> bool:
-        """A task left running by an instance that is gone. Claimed ahead and never started, it is given back
-        as if never claimed. Started, its attempt is recorded as interrupted. Then it ends cancelled, if that
-        was asked, or failed, out of attempts. Whether it may run again."""
-        if not started:
-            self.conn.execute(GIVE_BACK, (task_id,))
-            self.conn.execute(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, at, task_id))
-            return not cancel_asked
-        self.conn.execute(RECORD_ERROR, (task_id, attempts, LOST_ATTEMPT, at))
+        """A task left running by an instance that is gone: its attempt is recorded as interrupted (one claimed
+        ahead and not started yet counts too: it may have started moments before, and its start not be written
+        yet). Then it ends cancelled, if that was asked, or failed, out of attempts. Whether it may run again."""
+        self.conn.execute(RECORD_ERROR, (task_id, attempts, LOST_ATTEMPT if started else LOST_CLAIM, at))
         if not cancel_asked and attempts < max_attempts:
             return True
         status = "cancelled" if cancel_asked else "failed"
@@ -515,9 +514,9 @@ class StoreActor(Actor):
         task_ids = self._dialect.list_of(sorted({delivery.task_id for delivery in deliveries}))
         found = {row[0]: row[1:] for row in self.conn.execute(pg_sql.CLAIM_LOCK, (task_ids,)).fetchall()}
         to_claim: dict[str, Delivered] = {}  # by task id, in the order they came
-        claimed: dict[str, tuple[QueuedTask, Receipt]] = {}  # claimed before, by this very delivery
+        claimed: dict[str, tuple[QueuedTask, Receipt]] = {}  # the claimed tasks, by id
         skipped: list[Receipt] = []
-        for delivery in deliveries:
+        for delivery in sorted(deliveries, key=lambda d: not d.redelivered):  # (one redelivered takes over first)
             task_id = delivery.task_id
             status, attempts, available_at, claimed_lease, cancel_asked, started = found.pop(
                 task_id, (None, 0, 0.0, None, False, False)
@@ -552,7 +551,8 @@ class StoreActor(Actor):
         again after a while."""
         try:
             self._begin()
-            self.conn.execute(pg_sql.FOLD_COUNTS)
+            if self._ticks:
+                self.conn.execute(pg_sql.FOLD_COUNTS)
             if (instance := self._instance) is not None:
                 self.conn.execute(
                     pg_sql.SEEN, (instance.id, instance.host, instance.pid, instance.started_at, epoch_now())
@@ -585,17 +585,16 @@ class StoreActor(Actor):
     def _cancel_queued(self, message: CancelQueued) -> None:
         """Cancel a queued task. (Distributed mode) A task running on another instance is marked for it to
         cancel: the answer is then ``running``, done, and the asker waits for it to end."""
-        cancelled = self._control_write(
-            "UPDATE tasks SET status = 'cancelled', processed_at = ? WHERE id = ? AND status = 'queued'",
-            (utc_now(), message.task_id),
-        )
-        asked = (
-            not cancelled
-            and self._instance is not None
-            and self._control_write(
-                "UPDATE tasks SET cancel_asked = true WHERE id = ? AND status = 'running'", (message.task_id,)
+        if self._dialect.name == "postgresql":  # (in one statement: it may go from running to queued meanwhile)
+            self._begin()
+            found = self.conn.execute(pg_sql.CANCEL_OR_ASK, (utc_now(), message.task_id)).fetchone()
+            cancelled, asked = found == ("cancelled",), found == ("running",)
+        else:
+            cancelled = self._control_write(
+                "UPDATE tasks SET status = 'cancelled', processed_at = ? WHERE id = ? AND status = 'queued'",
+                (utc_now(), message.task_id),
             )
-        )
+            asked = False
         then = (message.reply_to, TaskCancelled(message.task_id, cancelled))
         self._answer(message.task_id, message.answer, "cancelled" if cancelled else "running" if asked else None, then)
 
@@ -654,14 +653,14 @@ class StoreActor(Actor):
             running: tuple[str, ...] = ()
             if "running" in message.filters.statuses:
                 running_filter = replace(message.filters, statuses=("running",))
-                if self._instance is None:
+                if self._dialect.name == "sqlite":
                     sql, params = running_filter.applied_to("SELECT id FROM tasks", dialect=self._dialect)
                 else:  # (distributed mode) the instances running them are asked to cancel them, as one is
                     self._begin()
                     sql, params = running_filter.applied_to(ASK_TO_CANCEL, dialect=self._dialect)
                     sql += " RETURNING id"
                 running = tuple(task_id for (task_id,) in self.conn.execute(sql, params))
-                if self._instance is not None:
+                if self._dialect.name == "postgresql":
                     self._commit()
             if not _reply(message.reply_to, MatchingCancelled(progress.done, running, message.answer, written=True)):
                 message.answer.set(progress.done)  # the queue has stopped: nothing to interrupt, and no one to answer
@@ -878,6 +877,7 @@ class StoreActor(Actor):
         again, as if never claimed; RabbitMQ delivers their messages again, here or elsewhere."""
         for task, _ in claimed.tasks:
             self._update(RELEASE_CLAIM, (task.id, task.attempts + 1, self._me))
+            self._update(pg_sql.CANCEL_IF_ASKED, (CANCELLED_ELSEWHERE, utc_now(), task.id, task.attempts, self._me))
 
     def _abort(self, error: Exception, message: Any) -> None:
         """Roll back: refuse the transaction's inserts, keep its updates to write again later."""
@@ -942,6 +942,7 @@ class StoreActor(Actor):
         """Log a fault when it starts, then at most every SUMMARY_S while it lasts."""
         now = time.monotonic()
         fault = self._fault
+        self._faultless_since = math.inf  # (until the fault clears)
         if fault is None:
             fault = self._fault = Fault(error, since=now, refused=refused, logged_at=now)
             logger.error(
@@ -1070,8 +1071,9 @@ FETCH_READY = (
 LEASE_S = 15.0  # how long the relay of one instance has to publish the tasks it leased, before another may
 LOST_AFTER_S = 600.0  # a task published this long ago and never claimed lost its message: published again
 SWEEP_EVERY_S = 60.0  # how often a store looks for them, and for tasks left running (in a relay's lease)
-INSTANCE_LOST_AFTER_S = 30.0  # an instance not seen for this long is gone: what it left running is taken over
-ALIVE_FOR_SWEEP_S = 5.0  # ... by an instance itself seen this recently
+# An instance not seen for this long is gone: what it left running is taken over (by the sweep of a store that has
+# written with no fault for as long). Twice RabbitMQ's heartbeat, by which it delivers a dead instance's messages again.
+INSTANCE_LOST_AFTER_S = 120.0
 COUNT_EVERY_S = 1.0  # how often a relay's lease counts the unfinished tasks, for the queue's max_backlog
 TICK_EVERY_S = 1.0  # how often the store folds the count changes and records that its instance is alive (PostgreSQL)
 # (Distributed mode) "... AND status = 'running' AND attempts = ? AND claimed_by IS NOT DISTINCT FROM ?": the
@@ -1093,9 +1095,9 @@ RELEASE_CLAIM = (
     "UPDATE tasks SET status = 'queued', attempts = attempts - 1, started_at = NULL WHERE id = ?"
     " AND status = 'running' AND attempts = ? AND claimed_by IS NOT DISTINCT FROM ?"
 )
-GIVE_BACK = "UPDATE tasks SET status = 'queued', attempts = attempts - 1, started_at = NULL WHERE id = ?"
 ASK_TO_CANCEL = "UPDATE tasks SET cancel_asked = true"
 LOST_ATTEMPT = "interrupted: the instance running it stopped"
+LOST_CLAIM = "interrupted: the instance that had claimed it stopped (before it started there, or just after)"
 CANCELLED_ELSEWHERE = "cancelled (asked of another instance)"
 RECORD_ERROR = "INSERT INTO task_errors (task_id, attempt, error, failed_at) VALUES (?, ?, ?, ?)"
 

@@ -376,13 +376,11 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         raise
 
     metrics = Metrics(actions.names()) if config.metrics.enabled else None
-    instance = Instance(uuid.uuid4().hex, socket.gethostname(), os.getpid(), utc_now()) if config.distributed else None
     store = StoreActor.start(
         engine_for(config.store),
         idempotency_window_s=config.store.idempotency_window_s,
         retention_s=config.store.retention_s,
         metrics=metrics,
-        instance=instance,
     )
 
     def start_worker(supervisor: pykka.ActorRef[Any], interrupts: SimpleQueue[int]) -> pykka.ActorRef[Any]:
@@ -393,6 +391,7 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
     if not config.distributed:
         queue = QueueActor.start(store, start_worker, config.queue, config.workers, report=report, paused=paused)
         return TaskSystem(config, schema_version, store, queue, reader, lock, metrics)
+    instance = Instance(uuid.uuid4().hex, socket.gethostname(), os.getpid(), utc_now())
     flow_store = StoreActor.start(engine_for(config.store), metrics=metrics, ticks=False, instance=instance)
     queue = _start_broker_queue(config, store, start_worker, report, paused=paused, flow_store=flow_store)
     return TaskSystem(config, schema_version, store, queue, reader, lock, metrics, flow_store)

@@ -9,6 +9,7 @@ import psycopg
 import pykka
 import pytest
 
+import actors.store
 from actors.commit_signal import CommitSignal
 from actors.db import utc_now
 from actors.messages import (
@@ -32,7 +33,7 @@ from actors.messages import (
     TaskCancelled,
     TasksStored,
 )
-from actors.store import StoreActor
+from actors.store import LOST_CLAIM, StoreActor
 from tests.helpers import an_instance, query, receive, start_recorder, wait_until
 
 pytestmark = pytest.mark.backends("distributed")
@@ -120,10 +121,11 @@ def test_only_the_very_message_delivered_again_takes_over_a_running_task(store, 
         delivered("claimed ahead", leased.lease, tag=5, redelivered=True),
     )
     attempts_before = {task.id: task.attempts for task, _ in taken.tasks}
-    assert attempts_before == {"t": 1, "claimed ahead": 0}, "a cut-off attempt counts; one never started does not"
-    errors = query(database, "SELECT task_id, attempt, error FROM task_errors")
+    assert attempts_before == {"t": 1, "claimed ahead": 1}, "a cut-off attempt counts, started or not"
+    errors = query(database, "SELECT task_id, attempt, error FROM task_errors ORDER BY task_id")
     assert [(e["task_id"], e["attempt"], e["error"]) for e in errors] == [
-        ("t", 1, "interrupted: the instance running it stopped")
+        ("claimed ahead", 1, LOST_CLAIM),
+        ("t", 1, "interrupted: the instance running it stopped"),
     ]
 
 
@@ -143,7 +145,7 @@ def test_an_outcome_of_an_overtaken_attempt_is_acked_but_not_written(store, data
     assert receive(inbox, Settled) == Settled((Receipt(1, 1), Receipt(1, 2)))
     rows = query(database, "SELECT id, status, attempts, result, claimed_by FROM tasks ORDER BY id")
     assert [(r["id"], r["status"], r["attempts"], r["result"], r["claimed_by"]) for r in rows] == [
-        ("claimed ahead", "running", 1, None, "elsewhere"),  # (never started: the same attempt, claimed again)
+        ("claimed ahead", "running", 2, None, "elsewhere"),
         ("started", "running", 2, None, "elsewhere"),
     ]
 
@@ -172,7 +174,8 @@ def test_a_stored_task_is_news_for_the_queue_as_in_the_embedded_mode(store, data
     assert [task.id for task in receive(inbox, TasksStored).tasks] == ["t"]
 
 
-def test_a_task_whose_message_was_lost_is_published_again(store, database):
+def test_a_task_whose_message_was_lost_is_published_again(store, database, monkeypatch):
+    monkeypatch.setattr(actors.store, "INSTANCE_LOST_AFTER_S", 1.0)  # (a store sweeps once up that long)
     submit(store, "t")
     leased = lease(store)
     store.tell(MarkPublished(("t",), leased.lease))
@@ -183,9 +186,8 @@ def test_a_task_whose_message_was_lost_is_published_again(store, database):
 
     store.stop()
     another = StoreActor.start(database, instance=an_instance("another"))  # a store that has not swept yet
-    wait_until(lambda: query(database, "SELECT 1 FROM instances WHERE id = 'another'"), what="it to be seen")
 
-    assert lease(another).task_ids == ("t",)
+    assert wait_until(lambda: lease(another).task_ids, what="the sweep of the new store") == ("t",)
 
 
 def test_a_cancel_asked_of_another_instance_reaches_the_one_running_it_and_holds(store, database):
@@ -216,7 +218,8 @@ def test_a_cancel_asked_of_another_instance_reaches_the_one_running_it_and_holds
     assert (found["status"], found["error"]) == ("cancelled", "cancelled (asked of another instance)")
 
 
-def test_tasks_left_running_by_an_instance_gone_are_taken_over_by_the_sweep(store, database):
+def test_tasks_left_running_by_an_instance_gone_are_taken_over_by_the_sweep(store, database, monkeypatch):
+    monkeypatch.setattr(actors.store, "INSTANCE_LOST_AFTER_S", 3.0)  # (and a store sweeps once up that long)
     for task_id in ("left", "cancel asked", "last attempt", "never started", "alive"):
         submit(store, task_id)
     leased = lease(store)
@@ -229,20 +232,21 @@ def test_tasks_left_running_by_an_instance_gone_are_taken_over_by_the_sweep(stor
         conn.execute("UPDATE tasks SET attempts = 3 WHERE id = 'last attempt'")
     gone.stop()  # (its message lost too, as if RabbitMQ's queue had been deleted meanwhile)
 
-    sweeper = StoreActor.start(database, instance=an_instance("sweeper"))  # sweeps in its first lease
-    wait_until(lambda: query(database, "SELECT 1 FROM instances WHERE id = 'sweeper'"), what="the sweeper seen")
-    assert set(lease(sweeper).task_ids) == {"left", "never started"}, "queued again, and published"
+    sweeper = StoreActor.start(database, instance=an_instance("sweeper"))
+    leased = wait_until(lambda: lease(sweeper).task_ids, what="the sweep, once the sweeper has been up 3 s")
+    assert set(leased) == {"left", "never started"}, "queued again, and published"
 
     rows = {r["id"]: r for r in query(database, "SELECT id, status, attempts, error FROM tasks")}
     assert {task_id: (r["status"], r["attempts"]) for task_id, r in rows.items()} == {
         "left": ("queued", 1),
         "cancel asked": ("cancelled", 1),
         "last attempt": ("failed", 3),
-        "never started": ("queued", 0),
+        "never started": ("queued", 1),
         "alive": ("running", 1),
     }
     errors = query(database, "SELECT task_id, error FROM task_errors ORDER BY task_id")
     assert [(e["task_id"], e["error"]) for e in errors] == [
-        (t, "interrupted: the instance running it stopped") for t in ("cancel asked", "last attempt", "left")
+        *((t, "interrupted: the instance running it stopped") for t in ("cancel asked", "last attempt", "left")),
+        ("never started", LOST_CLAIM),
     ]
     assert [r["id"] for r in query(database, "SELECT id FROM instances ORDER BY id")] == ["sweeper", "this"]

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from actors.store import LOST_ATTEMPT, LOST_CLAIM
 from tests.e2e.service import Service
 from tests.helpers import query, wait_until
 from tests.servers import AMQP_URL, postgres_schema, rabbitmq_queue, terminate_connections
@@ -84,9 +85,9 @@ def test_three_instances_share_the_work_and_a_killed_one_loses_nothing(tmp_path,
 
         rows = [row for row in query(url, "SELECT id, attempts FROM tasks") if row["id"] in late]
         interrupted = query(url, "SELECT task_id, error FROM task_errors")
-        assert {row["error"] for row in interrupted} == {"interrupted: the instance running it stopped"}
-        # (the tasks it had claimed ahead, never started, run elsewhere with no attempt counted)
-        assert 1 <= len(interrupted) <= 5, "the victim ran at most prefetch (5) tasks"
+        assert {row["error"] for row in interrupted} <= {LOST_ATTEMPT, LOST_CLAIM}
+        # (its 5 places in flight, and as many tasks claimed ahead: actors.broker_queue.CLAIMED_PER_PREFETCH)
+        assert 1 <= len(interrupted) <= 10, "the victim held at most 2 x prefetch (10) tasks claimed"
         again = {row["id"] for row in rows if row["attempts"] == 2}
         assert again == {row["task_id"] for row in interrupted}, "each task cut off shows one more attempt"
         assert statuses(url) == Counter({"completed": 120})
