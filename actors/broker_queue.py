@@ -25,16 +25,15 @@ How a task goes:
    ends unpublished (the instance died, RabbitMQ was down) lets any instance publish them again.
    The relay steps on new tasks, on the next due time (delays, retries' backoff), when an outcome
    is acked after a step that filled the room, and every ``RELAY_EVERY_S``; on the way it learns
-   the cluster's pause and backlog, and which of its tasks another instance was asked to cancel.
+   the cluster's pause and backlog, and which of its tasks an instance was asked to cancel.
 3. **Delivered and claimed.** RabbitMQ delivers at most ``QOS_PER_PREFETCH * prefetch`` unacked
    messages to the instance. The store claims them, up to ``prefetch`` ahead of the workers: a
    task still queued and due becomes ``running`` with one more attempt (its ``started_at`` is set
    when a worker takes it); one that is finished, cancelled or running elsewhere is skipped and
    its delivery acked. A task found ``running`` under this very message, now redelivered, was
-   left by an instance that died: if it had started, that attempt is recorded as interrupted,
-   and the task runs again (or fails, out of attempts); if not, it is claimed as if never claimed
-   before. After a reconnect, what the old connection held and no worker started is given back;
-   the new connection delivers it again.
+   left by an instance that died: that attempt (started or only claimed) is recorded as
+   interrupted, and the task runs again (or fails, out of attempts). After a reconnect, what the
+   old connection held and no worker started is given back; the new connection delivers it again.
 4. **Settled.** The outcome is written only if that attempt is still the task's latest (so an
    attempt overtaken by a redelivery cannot overwrite it), and the delivery is acked once it is
    committed. A retry is due again after its backoff and goes back through the relay.
@@ -228,7 +227,7 @@ class BrokerQueueActor(QueueActor):
             logger.info("dispatching %s by another instance", "paused" if leased.paused else "resumed")
             if self._paused:
                 self._release_claimed()
-        for task_id in leased.cancel_asked:  # (asked of another instance; the task ends cancelled once it stops)
+        for task_id in leased.cancel_asked:  # (asked of any instance; the task ends cancelled once it stops)
             if task_id not in self._cancelling:
                 self._interrupt(task_id)
         next_due_at = math.inf if leased.next_due_at is None else leased.next_due_at

@@ -975,6 +975,7 @@ class StoreActor(Actor):
     def _cleared(self, updates: int) -> None:
         fault, self._fault = self._fault, None
         assert fault is not None
+        self._faultless_since = time.monotonic()
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None

@@ -35,6 +35,7 @@ from actors.messages import (
 )
 from actors.store import LOST_CLAIM, StoreActor
 from tests.helpers import an_instance, query, receive, start_recorder, wait_until
+from tests.servers import terminate_connections
 
 pytestmark = pytest.mark.backends("distributed")
 
@@ -250,3 +251,28 @@ def test_tasks_left_running_by_an_instance_gone_are_taken_over_by_the_sweep(stor
         ("never started", LOST_CLAIM),
     ]
     assert [r["id"] for r in query(database, "SELECT id FROM instances ORDER BY id")] == ["sweeper", "this"]
+
+
+def test_after_a_fault_a_store_sweeps_only_once_it_has_written_again_for_a_while(store, database, monkeypatch):
+    """After an outage of PostgreSQL every instance's heartbeat is old: the first store to write again must not
+    take over the live ones' tasks before they have been seen again."""
+    monkeypatch.setattr(actors.store, "INSTANCE_LOST_AFTER_S", 3.0)
+    sweeper = StoreActor.start(database, instance=an_instance("sweeper"))
+
+    def seen_at() -> float | None:
+        rows = query(database, "SELECT seen_at FROM instances WHERE id = 'sweeper'")
+        return rows[0]["seen_at"] if rows else None
+
+    first = wait_until(seen_at, what="the sweeper seen")
+    wait_until(lambda: seen_at() >= first + 3.0, what="the sweeper up long enough to sweep")
+    submit(store, "left")
+    leased = lease(store)
+    gone = StoreActor.start(database, instance=an_instance("gone"))
+    claim(gone, delivered("left", leased.lease))
+    gone.stop()  # (its row goes with it: what it left is the sweep's at once)
+
+    assert terminate_connections(database.url) > 0  # the outage
+    assert lease(sweeper).task_ids == (), "the lease during the fault finds nothing"
+    wait_until(lambda: lease(sweeper).unfinished is not None, what="the store to write again")
+    assert query(database, "SELECT status FROM tasks")[0]["status"] == "running", "not swept right after the fault"
+    wait_until(lambda: lease(sweeper).task_ids == ("left",), what="the sweep, 3 s after the fault cleared")
