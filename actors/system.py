@@ -268,7 +268,8 @@ class TaskSystem:
         """Where the tasks are kept and queued, for the start-up log."""
         if self.config.distributed:
             return (
-                f"distributed: PostgreSQL {safe_url(self.config.store.url)}, RabbitMQ {safe_url(self.config.queue.url)}"
+                f"distributed: PostgreSQL {safe_url(self.config.store.url)},"
+                f" RabbitMQ {safe_url(self.config.queue.url)} queue {self.config.queue.name}"
             )
         return f"database {Path(self.config.store.path).resolve()}"
 

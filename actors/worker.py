@@ -189,8 +189,6 @@ class WorkerActor(Actor):
     def _run(self, task: QueuedTask, dispatch: int) -> Ack | Nack:
         assert self._stopwatch is not None
         started = time.perf_counter()  # the duration reported counts the simulated work too
-        if self._work_delay_s:
-            time.sleep(self._work_delay_s)  # the tutorial's simulated work
         action, timeout_s = self._actions.lookup(task.action)
         timeout_s = timeout_s or self._task_timeout_s
         attempt = task.attempts + 1
@@ -203,6 +201,8 @@ class WorkerActor(Actor):
             return Nack(task.id, attempt, error, retryable, time.perf_counter() - started, trace)
 
         try:
+            if self._work_delay_s:
+                simulate_work(self._work_delay_s)
             result = action(orjson.loads(task.payload))
             if not isinstance(result, dict):
                 raise InvalidTaskData(f"action {task.action!r} returned {type(result).__name__}, not an object")
@@ -229,3 +229,11 @@ class WorkerActor(Actor):
         if self._supervisor is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 self._supervisor.tell(WorkerFailed(self.actor_ref, error))
+
+
+def simulate_work(seconds: float) -> None:
+    """The tutorial's simulated work (``workers.work_delay_ms``), part of the task's run: slept in slices, so
+    that a cancel or a timeout interrupts it as it would an action's Python code."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, POLL_S))

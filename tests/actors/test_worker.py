@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
+from queue import SimpleQueue
 
 import orjson
 import pytest
@@ -135,6 +136,20 @@ def test_a_task_past_its_timeout_is_a_retryable_nack_and_the_worker_goes_on():
     assert receive(inbox, Ack).task_id == "t2"
     assert worker.is_alive()
     assert calls == ["stuck"], "the stuck action was interrupted"
+
+
+def test_the_simulated_work_of_a_task_is_cut_short_by_a_cancel():
+    queue, inbox = start_recorder()
+    interrupts: SimpleQueue[int] = SimpleQueue()
+    worker = WorkerActor.start(registry, 30.0, supervisor=queue, interrupts=interrupts)  # 30 s of work_delay
+    worker.tell(Execute(QueuedTask("t1", "uppercase", "{}", 0), queue, dispatch=7))
+
+    interrupts.put(7)
+
+    nack = receive(inbox, Nack)  # within receive's 10 s: the 30 s of work did not run out
+    assert (nack.task_id, nack.retryable) == ("t1", False)
+    assert nack.error in ("cancelled while it ran", "cancelled before it ran")
+    assert worker.is_alive()
 
 
 def test_setup_runs_once_in_each_worker_on_the_thread_that_runs_its_actions():
