@@ -181,13 +181,13 @@ class StoreActor(Actor):
         idempotency_window_s: float = 86400.0,
         retention_s: float = 0.0,
         metrics: Metrics | None = None,
-        ticks: bool = True,
+        folds_counts: bool = True,
         instance: Instance | None = None,
     ) -> None:
         super().__init__()
         self._instance = instance  # (distributed mode) the instance this store writes for
         self._me = None if instance is None else instance.id
-        self._ticks = ticks  # (PostgreSQL) this store does the chores of its Tick now and then
+        self._folds_counts = folds_counts  # (PostgreSQL) this store folds the count changes, on its Tick
         if isinstance(database, str):
             database = SqliteEngine(database, synchronous, busy_timeout_ms, max_pages)
         self._engine: Engine = database
@@ -232,7 +232,7 @@ class StoreActor(Actor):
         self._conn = self._engine.connect_writer()
         if self._retention_s:
             self.actor_ref.tell(Prune())
-        if self._dialect.name == "postgresql" and (self._ticks or self._instance is not None):
+        if self._dialect.name == "postgresql" and (self._folds_counts or self._instance is not None):
             self.actor_ref.tell(Tick())
 
     def on_stop(self) -> None:
@@ -547,11 +547,11 @@ class StoreActor(Actor):
         self._answers.append((None, None, (reply_to, Claimed(in_order, tuple(skipped)))))
 
     def _tick(self) -> None:
-        """(PostgreSQL) Fold the count changes into their totals and record that this instance is alive; then
-        again after a while."""
+        """(PostgreSQL) Fold the count changes into their totals (the store that folds them) and record that its
+        instance is alive (the store that has one); then again after a while."""
         try:
             self._begin()
-            if self._ticks:
+            if self._folds_counts:
                 self.conn.execute(pg_sql.FOLD_COUNTS)
             if (instance := self._instance) is not None:
                 self.conn.execute(

@@ -393,7 +393,7 @@ def start_system(config: Config, actions: ActionRegistry = registry) -> TaskSyst
         queue = QueueActor.start(store, start_worker, config.queue, config.workers, report=report, paused=paused)
         return TaskSystem(config, schema_version, store, queue, reader, lock, metrics)
     instance = Instance(uuid.uuid4().hex, socket.gethostname(), os.getpid(), utc_now())
-    flow_store = StoreActor.start(engine_for(config.store), metrics=metrics, ticks=False, instance=instance)
+    flow_store = StoreActor.start(engine_for(config.store), metrics=metrics, folds_counts=False, instance=instance)
     queue = _start_broker_queue(config, store, start_worker, report, paused=paused, flow_store=flow_store)
     return TaskSystem(config, schema_version, store, queue, reader, lock, metrics, flow_store)
 
